@@ -1,0 +1,160 @@
+/*
+ * s3.h - a small synchronous S3 client: SigV4 over OpenSSL, HTTP over
+ * libcurl, retries with exponential backoff and full jitter.
+ *
+ * One struct s3_client per thread (it owns one CURL easy handle, reused so
+ * connections stay alive).  Every call is synchronous and returns 0 or a
+ * negative errno; after a failure s3_client_error() gives one line a user
+ * can act on ("403 SignatureDoesNotMatch: check the secret key for access
+ * key AKIA...").  The secret key and session token never appear in an
+ * error, a log line or anything returned.
+ *
+ * Bodies are memory buffers, so a failed request is simply sent again.
+ * Every request carries x-amz-content-sha256 (the real payload hash) and
+ * every body Content-MD5; ETags of single PUTs and parts are checked
+ * against the MD5 sent.
+ *
+ * Errors returned (after retries, where retrying makes sense):
+ *   -EACCES        403: bad signature, unknown access key, access denied
+ *   -ENOENT        404 NoSuchKey / NoSuchUpload (HEAD of a missing key)
+ *   -ENXIO         NoSuchBucket
+ *   -EEXIST        412 on a conditional PUT (the key is taken)
+ *   -EINVAL        other 400s (bad request, entity too small, bad name)
+ *   -EDQUOT        QuotaExceeded
+ *   -EBADMSG       an ETag or a response that does not match what was sent
+ *   -EHOSTUNREACH  cannot connect / resolve (after retries)
+ *   -ETIMEDOUT     timeouts and stalls (after retries)
+ *   -EAGAIN        5xx, 429, SlowDown (after retries)
+ *   -ECANCELED     the cancel flag was raised
+ *   -ENOMEM, -EIO  the rest
+ */
+#ifndef MGMTFS_S3_H
+#define MGMTFS_S3_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define S3_ETAG_MAX	 128
+#define S3_UPLOAD_ID_MAX 512
+#define S3_ERROR_MAX	 512
+
+/* Settings; the client copies every string it keeps. */
+struct s3_config {
+	const char *endpoint;	  /* "http://127.0.0.1:7480", "https://s3.us-east-1.amazonaws.com" */
+	const char *region;	  /* "us-east-1" if NULL */
+	const char *bucket;
+	const char *access_key;
+	const char *secret_key;
+	const char *session_token; /* NULL if none */
+	int path_style;		  /* 1 path-style, 0 virtual-hosted, -1 auto: path-style for
+				     IP addresses and localhost, virtual-hosted otherwise */
+	int insecure;		  /* 1: do not verify TLS certificates */
+	int max_attempts;	  /* per request, default 8 when 0 */
+	double retry_max_seconds; /* total time spent in backoff sleeps, default 120 when 0 */
+	double retry_base_seconds; /* first backoff cap, default 0.2 when 0 */
+	long connect_timeout;	  /* seconds, default 10 when 0 */
+	long stall_seconds;	  /* cut a transfer with no progress for this long, default 30 */
+};
+
+struct s3_client;
+
+/* One x-amz-meta-NAME header. */
+struct s3_meta {
+	const char *name;	/* lowercase, e.g. "mgmt-sha256" */
+	const char *value;	/* printable ASCII; anything else is percent-encoded */
+};
+
+struct s3_part {
+	uint32_t partno;	/* 1-based */
+	uint64_t size;
+	char etag[S3_ETAG_MAX];	/* without quotes */
+};
+
+struct s3_object_info {
+	uint64_t size;
+	char etag[S3_ETAG_MAX];	/* without quotes */
+};
+
+/*
+ * Make a client.  Validates @cfg (-EINVAL with s3_client_error()-style text
+ * in *errbuf when given: no bucket, bad endpoint URL).  Returns 0 or -errno.
+ * Not thread-safe: one client per thread.  curl_global_init() must have run
+ * (s3_global_init()).
+ */
+int s3_client_new(const struct s3_config *cfg, struct s3_client **out);
+void s3_client_free(struct s3_client *c);	/* NULL is a no-op; wipes secrets */
+
+/* Call once in main() before any thread starts; s3_global_cleanup() at exit. */
+int s3_global_init(void);
+void s3_global_cleanup(void);
+
+/* The last failure of @c in words, "" after a success. Valid until the next call. */
+const char *s3_client_error(const struct s3_client *c);
+/* HTTP status of the last response (0 if none). */
+long s3_client_http_status(const struct s3_client *c);
+
+/*
+ * Cancellation: while *@flag is non-zero, a transfer in progress is cut and
+ * the call returns -ECANCELED (backoff sleeps end at once too).  The flag is
+ * borrowed; NULL removes it.
+ */
+void s3_client_set_cancel(struct s3_client *c, const atomic_int *flag);
+
+/* Progress: @cb(@arg, bytes of the current body sent so far), from the calling thread. */
+void s3_client_set_progress(struct s3_client *c, void (*cb)(void *arg, uint64_t sent),
+			    void *arg);
+
+/* HEAD the bucket: 0, -ENXIO, -EACCES, -EHOSTUNREACH, ... (mount-time check). */
+int s3_head_bucket(struct s3_client *c);
+
+/* HEAD an object: 0 and *out filled, -ENOENT if absent, or -errno. */
+int s3_head_object(struct s3_client *c, const char *key, struct s3_object_info *out);
+
+/*
+ * PUT @len bytes at @body as @key.  @md5 (16 bytes) and @sha256_hex (64
+ * hex + NUL) may be NULL: they are computed then.  @if_none_match: send
+ * If-None-Match: * and return -EEXIST if the key is taken.  @meta: @nmeta
+ * x-amz-meta-* headers.  On success *etag_out (S3_ETAG_MAX) holds the ETag,
+ * checked to be the MD5 of the body.
+ */
+int s3_put_object(struct s3_client *c, const char *key, const void *body, size_t len,
+		  const unsigned char *md5, const char *sha256_hex, int if_none_match,
+		  const struct s3_meta *meta, size_t nmeta, char *etag_out);
+
+/* Start a multipart upload; *upload_id_out has S3_UPLOAD_ID_MAX bytes. */
+int s3_mpu_create(struct s3_client *c, const char *key, const struct s3_meta *meta,
+		  size_t nmeta, char *upload_id_out);
+
+/* Upload one part; as s3_put_object for @md5, @sha256_hex and the ETag check. */
+int s3_mpu_put_part(struct s3_client *c, const char *key, const char *upload_id,
+		    uint32_t partno, const void *body, size_t len, const unsigned char *md5,
+		    const char *sha256_hex, char *etag_out);
+
+/*
+ * Complete with @n parts in part order.  Handles a 200 whose body is an
+ * <Error> (retried).  *etag_out gets the ETag from the response, which may be
+ * "" (RGW): callers HEAD the object to check it.
+ */
+int s3_mpu_complete(struct s3_client *c, const char *key, const char *upload_id,
+		    const struct s3_part *parts, size_t n, char *etag_out);
+
+/* Abort; 0 also when the upload is already gone (404 NoSuchUpload). */
+int s3_mpu_abort(struct s3_client *c, const char *key, const char *upload_id);
+
+/* Parts the server has for an upload, in part order; *parts_out malloc'ed, caller frees. */
+int s3_mpu_list_parts(struct s3_client *c, const char *key, const char *upload_id,
+		      struct s3_part **parts_out, size_t *n_out);
+
+/* Multipart uploads in progress under @prefix ("" for all): @cb(key, upload_id, arg). */
+int s3_mpu_list(struct s3_client *c, const char *prefix,
+		int (*cb)(const char *key, const char *upload_id, void *arg), void *arg);
+
+/* GET @key, passing the body to @cb in pieces (returns 0 to go on). For tests and rebuild. */
+int s3_get_object(struct s3_client *c, const char *key,
+		  int (*cb)(const void *data, size_t len, void *arg), void *arg);
+
+/* The multipart ETag S3 computes: hex MD5 of the parts' binary MD5s, "-N". */
+void s3_multipart_etag(const unsigned char (*md5s)[16], size_t n, char *etag_out);
+
+#endif
