@@ -83,6 +83,13 @@ struct s3_object_info {
  * (s3_global_init()).
  */
 int s3_client_new(const struct s3_config *cfg, struct s3_client **out);
+/*
+ * As s3_client_new(), and on -EINVAL one line saying what is wrong with
+ * @cfg in @errbuf (size @errlen; may be NULL).  s3_client_new() logs that
+ * line instead.  (Added: s3_client_new() has no place to return it.)
+ */
+int s3_client_new_err(const struct s3_config *cfg, struct s3_client **out, char *errbuf,
+		      size_t errlen);
 void s3_client_free(struct s3_client *c);	/* NULL is a no-op; wipes secrets */
 
 /* Call once in main() before any thread starts; s3_global_cleanup() at exit. */

@@ -1,0 +1,453 @@
+/*
+ * pgz.c - parallel gzip, the pigz way.
+ *
+ * DESIGN
+ * The uncompressed source is cut into blocks of block_size bytes.  Block b
+ * goes into slot b % nslots; a slot holds the last (up to) 32 KiB before the
+ * block (its deflate dictionary) directly in front of the block's bytes, so
+ * the next block's dictionary is one memcpy from the previous slot.  Each
+ * worker thread owns one raw deflate stream (windowBits -15, memLevel 8),
+ * reset per block: deflateSetDictionary() with the dictionary unless it is
+ * block 0, deflate(Z_SYNC_FLUSH) so the block ends on a byte boundary, or
+ * Z_FINISH for the last block; it also computes the block's CRC-32.  The
+ * concatenated outputs form one deflate stream.
+ *
+ * The thread calling pgz_read() is the reader and the writer: it fills free
+ * slots from the source (pread + sha256 happen there, in the source), queues
+ * them, then waits for the oldest block, joins its CRC-32 with
+ * crc32_combine() and copies its output out.  At most nslots = 2 * threads
+ * blocks are in flight, so memory is bounded whatever the file size.
+ *
+ * A source of one block (or a failure to start any thread) is compressed
+ * in the caller's thread with no worker: 1000 small files start no thread.
+ *
+ * Locking: one mutex z->lock guards the work queue, z->stopping and every
+ * slot's state; nothing else nests inside it.  A slot's buffers belong to
+ * the caller while it is not queued, and to one worker from the time it is
+ * popped until it is marked done.
+ */
+#include "archive/arc_i.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+
+enum slot_state {
+	SLOT_IDLE,
+	SLOT_QUEUED,	/* waiting for or held by a worker */
+	SLOT_DONE,
+};
+
+struct pgz_slot {
+	unsigned char *buf;	/* owned: ARC_DICT bytes of dictionary area, then the block */
+	size_t dict_len;	/* dictionary bytes, ending at buf + ARC_DICT */
+	size_t in_len;
+	unsigned char *out;	/* owned, out_cap bytes; may grow in the worker */
+	size_t out_cap;
+	size_t out_len;
+	size_t out_pos;		/* bytes already handed to the reader */
+	uint32_t crc;		/* of the block's input */
+	int last;
+	int err;
+	enum slot_state state;	/* protected by z->lock */
+	struct pgz_slot *next;	/* queue link, protected by z->lock */
+};
+
+enum pgz_phase {
+	PGZ_HEADER,
+	PGZ_BODY,
+	PGZ_TRAILER,
+	PGZ_END,
+};
+
+struct pgz {
+	int level;
+	int threads;		/* workers to start */
+	size_t block_size;
+	uint64_t total;		/* source bytes */
+	arc_fill_fn fill;	/* borrowed */
+	void *ctx;		/* borrowed */
+
+	uint64_t nblocks;
+	uint64_t next_in;	/* next block to fill */
+	uint64_t next_out;	/* oldest block not yet fully handed out */
+	struct pgz_slot *slots;	/* owned, nslots */
+	size_t nslots;
+	struct pgz_slot *cur;	/* block being handed out, or NULL */
+
+	z_stream zs;		/* the caller's, for inline compression */
+	int zs_ready;
+
+	pthread_mutex_t lock;
+	pthread_cond_t work;	/* queue not empty, or stopping */
+	pthread_cond_t done;	/* a slot became SLOT_DONE */
+	struct pgz_slot *qhead;	/* protected by lock */
+	struct pgz_slot **qtail;	/* protected by lock */
+	int stopping;		/* protected by lock */
+	pthread_t *tids;	/* owned, threads entries */
+	int nworkers;		/* started and not yet joined */
+	int started;		/* start attempted */
+
+	enum pgz_phase phase;
+	unsigned char edge[10];	/* the gzip header, later the trailer */
+	size_t edge_len;
+	size_t edge_pos;
+	uint32_t crc;
+	int err;		/* sticky */
+};
+
+static int z_init(z_stream *zs, int level)
+{
+	memset(zs, 0, sizeof(*zs));
+	switch (deflateInit2(zs, level, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY)) {
+	case Z_OK:
+		return 0;
+	case Z_MEM_ERROR:
+		return -ENOMEM;
+	default:
+		return -EINVAL;
+	}
+}
+
+/* Deflate one slot with @zs (reset here); sets out_len and crc. */
+static int compress_slot(z_stream *zs, struct pgz_slot *sl)
+{
+	unsigned char *in = sl->buf + ARC_DICT;
+	int flush = sl->last ? Z_FINISH : Z_SYNC_FLUSH;
+	int ret;
+
+	if (deflateReset(zs) != Z_OK)
+		return -EIO;
+	if (sl->dict_len &&
+	    deflateSetDictionary(zs, in - sl->dict_len, (uInt)sl->dict_len) != Z_OK)
+		return -EIO;
+	zs->next_in = in;
+	zs->avail_in = (uInt)sl->in_len;
+	zs->next_out = sl->out;
+	zs->avail_out = (uInt)sl->out_cap;
+	for (;;) {
+		ret = deflate(zs, flush);
+		if (ret == Z_STREAM_ERROR)
+			return -EIO;
+		if (flush == Z_FINISH ? ret == Z_STREAM_END
+				      : zs->avail_in == 0 && zs->avail_out != 0)
+			break;
+		if (zs->avail_out == 0) {
+			/* deflateBound() was too tight (cannot happen with zlib 1.2.13) */
+			size_t used = sl->out_cap;
+			unsigned char *p = realloc(sl->out, sl->out_cap * 2);
+
+			if (!p)
+				return -ENOMEM;
+			sl->out = p;
+			sl->out_cap *= 2;
+			zs->next_out = p + used;
+			zs->avail_out = (uInt)(sl->out_cap - used);
+		}
+	}
+	sl->out_len = sl->out_cap - zs->avail_out;
+	sl->crc = (uint32_t)crc32(0L, in, (uInt)sl->in_len);
+	return 0;
+}
+
+static void *pgz_worker(void *arg)
+{
+	struct pgz *z = arg;
+	z_stream zs;
+	int init_rc = z_init(&zs, z->level);	/* one stream per worker, reused */
+
+	for (;;) {
+		struct pgz_slot *sl;
+		int rc;
+
+		pthread_mutex_lock(&z->lock);
+		while (!z->qhead && !z->stopping)
+			pthread_cond_wait(&z->work, &z->lock);
+		if (z->stopping) {
+			pthread_mutex_unlock(&z->lock);
+			break;
+		}
+		sl = z->qhead;
+		z->qhead = sl->next;
+		if (!z->qhead)
+			z->qtail = &z->qhead;
+		pthread_mutex_unlock(&z->lock);
+
+		rc = init_rc ? init_rc : compress_slot(&zs, sl);
+
+		pthread_mutex_lock(&z->lock);
+		sl->err = rc;
+		sl->state = SLOT_DONE;
+		pthread_cond_signal(&z->done);	/* only the reader waits on it */
+		pthread_mutex_unlock(&z->lock);
+	}
+	if (!init_rc)
+		deflateEnd(&zs);
+	return NULL;
+}
+
+int pgz_new(int level, int threads, size_t block_size, uint64_t total, arc_fill_fn fill,
+	    void *ctx, struct pgz **out)
+{
+	struct pgz *z = NULL;
+	size_t in_cap, i;
+	uLong bound;
+
+	if (level < 1 || level > 9 || threads < 1 || threads > ARC_THREADS_MAX ||
+	    block_size < ARC_BLOCK_MIN || block_size > ARC_BLOCK_MAX || !fill)
+		return -EINVAL;
+	z = calloc(1, sizeof(*z));
+	if (!z)
+		return -ENOMEM;
+	z->level = level;
+	z->threads = threads;
+	z->block_size = block_size;
+	z->total = total;
+	z->fill = fill;
+	z->ctx = ctx;
+	z->nblocks = total ? (total + block_size - 1) / block_size : 1;
+	z->qtail = &z->qhead;
+	pthread_mutex_init(&z->lock, NULL);
+	pthread_cond_init(&z->work, NULL);
+	pthread_cond_init(&z->done, NULL);
+
+	/* a single block needs no dictionary and no more room than its bytes */
+	in_cap = z->nblocks == 1 ? (size_t)total : block_size;
+	z->nslots = z->nblocks == 1 ? 1 : (size_t)2 * (size_t)threads;
+	if (z->nslots > z->nblocks)
+		z->nslots = (size_t)z->nblocks;
+	bound = deflateBound(NULL, (uLong)in_cap) + 64;	/* + sync flush marker */
+	z->slots = calloc(z->nslots, sizeof(*z->slots));
+	z->tids = calloc((size_t)threads, sizeof(*z->tids));
+	if (!z->slots || !z->tids)
+		goto fail;
+	for (i = 0; i < z->nslots; i++) {
+		z->slots[i].buf = malloc(ARC_DICT + in_cap);
+		z->slots[i].out = malloc(bound);
+		z->slots[i].out_cap = bound;
+		if (!z->slots[i].buf || !z->slots[i].out)
+			goto fail;
+	}
+
+	z->edge[0] = 0x1f;	/* gzip header: deflate, no name, mtime 0, Unix */
+	z->edge[1] = 0x8b;
+	z->edge[2] = 8;
+	z->edge[8] = level == 9 ? 2 : level == 1 ? 4 : 0;
+	z->edge[9] = 3;
+	z->edge_len = 10;
+	z->phase = PGZ_HEADER;
+	z->crc = (uint32_t)crc32(0L, Z_NULL, 0);
+	*out = z;
+	return 0;
+
+fail:
+	pgz_free(z);
+	return -ENOMEM;
+}
+
+int pgz_workers(const struct pgz *z)
+{
+	return z ? z->nworkers : 0;
+}
+
+static void start_workers(struct pgz *z)
+{
+	int want = z->threads;
+
+	z->started = 1;
+	if ((uint64_t)want > z->nblocks)
+		want = (int)z->nblocks;
+	while (z->nworkers < want) {
+		if (pthread_create(&z->tids[z->nworkers], NULL, pgz_worker, z))
+			break;	/* run with what started; none means inline */
+		z->nworkers++;
+	}
+}
+
+/* Fill block z->next_in into its slot from the source. */
+static int fill_block(struct pgz *z)
+{
+	uint64_t b = z->next_in;
+	struct pgz_slot *sl = &z->slots[b % z->nslots];
+	uint64_t left = z->total - b * z->block_size;
+	size_t want = left < z->block_size ? (size_t)left : z->block_size;
+	ssize_t got;
+
+	sl->dict_len = 0;
+	if (b > 0) {
+		const struct pgz_slot *prev = &z->slots[(b - 1) % z->nslots];
+		size_t avail = prev->dict_len + prev->in_len;
+		size_t d = avail < ARC_DICT ? avail : ARC_DICT;
+
+		memcpy(sl->buf + ARC_DICT - d, prev->buf + ARC_DICT + prev->in_len - d, d);
+		sl->dict_len = d;
+	}
+	got = want ? z->fill(z->ctx, sl->buf + ARC_DICT, want) : 0;
+	if (got < 0)
+		return (int)got;
+	if ((size_t)got != want)
+		return -EIO;	/* the source ended before its announced size */
+	sl->in_len = want;
+	sl->last = b == z->nblocks - 1;
+	sl->out_pos = 0;
+	sl->err = 0;
+	z->next_in++;
+	return 0;
+}
+
+/* Make z->cur the next block in order, filling and queueing what fits. */
+static int next_block(struct pgz *z)
+{
+	struct pgz_slot *sl;
+	int rc;
+
+	if (!z->started && z->nblocks > 1)
+		start_workers(z);
+
+	if (!z->nworkers) {
+		sl = &z->slots[z->next_in % z->nslots];
+		rc = fill_block(z);
+		if (rc)
+			return rc;
+		if (!z->zs_ready) {
+			rc = z_init(&z->zs, z->level);
+			if (rc)
+				return rc;
+			z->zs_ready = 1;
+		}
+		rc = compress_slot(&z->zs, sl);
+		if (rc)
+			return rc;
+	} else {
+		while (z->next_in < z->nblocks && z->next_in < z->next_out + z->nslots) {
+			sl = &z->slots[z->next_in % z->nslots];
+			rc = fill_block(z);
+			if (rc)
+				return rc;
+			pthread_mutex_lock(&z->lock);
+			sl->state = SLOT_QUEUED;
+			sl->next = NULL;
+			*z->qtail = sl;
+			z->qtail = &sl->next;
+			pthread_cond_signal(&z->work);
+			pthread_mutex_unlock(&z->lock);
+		}
+		sl = &z->slots[z->next_out % z->nslots];
+		pthread_mutex_lock(&z->lock);
+		while (sl->state != SLOT_DONE)
+			pthread_cond_wait(&z->done, &z->lock);
+		sl->state = SLOT_IDLE;
+		pthread_mutex_unlock(&z->lock);
+		if (sl->err)
+			return sl->err;
+	}
+	z->crc = (uint32_t)crc32_combine(z->crc, sl->crc, (z_off_t)sl->in_len);
+	z->cur = sl;
+	return 0;
+}
+
+static size_t copy_edge(struct pgz *z, unsigned char *dst, size_t len)
+{
+	size_t n = z->edge_len - z->edge_pos;
+
+	if (n > len)
+		n = len;
+	memcpy(dst, z->edge + z->edge_pos, n);
+	z->edge_pos += n;
+	return n;
+}
+
+static void put_le32(unsigned char *p, uint32_t v)
+{
+	p[0] = (unsigned char)v;
+	p[1] = (unsigned char)(v >> 8);
+	p[2] = (unsigned char)(v >> 16);
+	p[3] = (unsigned char)(v >> 24);
+}
+
+ssize_t pgz_read(struct pgz *z, void *buf, size_t len)
+{
+	unsigned char *dst = buf;
+	size_t n = 0;
+	int rc;
+
+	if (z->err)
+		return z->err;
+	if (len > SSIZE_MAX)
+		len = SSIZE_MAX;
+	while (n < len) {
+		switch (z->phase) {
+		case PGZ_HEADER:
+			n += copy_edge(z, dst + n, len - n);
+			if (z->edge_pos == z->edge_len)
+				z->phase = PGZ_BODY;
+			break;
+		case PGZ_BODY:
+			if (z->cur) {
+				struct pgz_slot *sl = z->cur;
+				size_t k = sl->out_len - sl->out_pos;
+
+				if (k > len - n)
+					k = len - n;
+				memcpy(dst + n, sl->out + sl->out_pos, k);
+				sl->out_pos += k;
+				n += k;
+				if (sl->out_pos == sl->out_len) {
+					z->cur = NULL;
+					z->next_out++;	/* frees the slot for block next_out + nslots */
+				}
+			} else if (z->next_out == z->nblocks) {
+				put_le32(z->edge, z->crc);
+				put_le32(z->edge + 4, (uint32_t)z->total);	/* ISIZE: mod 2^32 */
+				z->edge_len = 8;
+				z->edge_pos = 0;
+				z->phase = PGZ_TRAILER;
+			} else {
+				rc = next_block(z);
+				if (rc) {
+					z->err = rc;
+					return rc;
+				}
+			}
+			break;
+		case PGZ_TRAILER:
+			n += copy_edge(z, dst + n, len - n);
+			if (z->edge_pos == z->edge_len)
+				z->phase = PGZ_END;
+			break;
+		case PGZ_END:
+			return (ssize_t)n;
+		}
+	}
+	return (ssize_t)n;
+}
+
+void pgz_free(struct pgz *z)
+{
+	size_t i;
+	int t;
+
+	if (!z)
+		return;
+	pthread_mutex_lock(&z->lock);
+	z->stopping = 1;
+	pthread_cond_broadcast(&z->work);
+	pthread_mutex_unlock(&z->lock);
+	for (t = 0; t < z->nworkers; t++)
+		pthread_join(z->tids[t], NULL);
+	if (z->zs_ready)
+		deflateEnd(&z->zs);
+	for (i = 0; z->slots && i < z->nslots; i++) {
+		free(z->slots[i].buf);
+		free(z->slots[i].out);
+	}
+	free(z->slots);
+	free(z->tids);
+	pthread_cond_destroy(&z->done);
+	pthread_cond_destroy(&z->work);
+	pthread_mutex_destroy(&z->lock);
+	free(z);
+}

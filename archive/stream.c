@@ -1,0 +1,327 @@
+/*
+ * stream.c - one file turned into a tar / gzip / tar.gz / plain byte stream,
+ * pulled by the uploader with arc_stream_read().
+ *
+ * DESIGN
+ * The "raw" stream is what would be compressed: for the tar formats the
+ * member header(s), the file's bytes, zero padding to 512 and two zero
+ * blocks; for gzip and none just the file's bytes.  raw_fill() produces it
+ * in order, reading the file with pread() straight into the destination
+ * (at most ARC_READ_CHUNK per call) and hashing every byte with sha256 right
+ * after it is read, while it is still in cache: each byte is read once.
+ * ARC_TAR and ARC_NONE hand raw_fill() the caller's buffer; the gzip formats
+ * put pgz.c between the two, which compresses blocks on worker threads
+ * while this thread reads and hashes the next ones.
+ *
+ * A stream is used by one thread at a time; the byte counters may be read
+ * from any thread.
+ */
+#include "archive/arc.h"
+#include "archive/arc_i.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+
+struct arc_stream {
+	enum arc_format format;	/* never ARC_AUTO */
+	int fd;			/* borrowed, valid until arc_stream_free */
+	uint64_t size;		/* st_size at open: exactly this much is read */
+	unsigned char *hdr;	/* owned: tar header block(s), hdr_len bytes */
+	size_t hdr_len;
+	uint64_t raw_total;	/* header + data + padding + end blocks */
+	uint64_t raw_pos;
+	EVP_MD_CTX *md;		/* owned */
+	char sha_hex[65];
+	int sha_done;
+	struct pgz *pgz;	/* owned, gzip formats only */
+	int err;		/* sticky */
+	_Atomic uint64_t bytes_in;
+	_Atomic uint64_t bytes_out;
+};
+
+static const char *const fmt_names[] = {
+	[ARC_TAR_GZ] = "tar.gz", [ARC_GZIP] = "gzip", [ARC_TAR] = "tar",
+	[ARC_NONE] = "none",	 [ARC_AUTO] = "auto",
+};
+
+static const char *const fmt_suffixes[] = {
+	[ARC_TAR_GZ] = ".tar.gz", [ARC_GZIP] = ".gz", [ARC_TAR] = ".tar",
+	[ARC_NONE] = "",	  [ARC_AUTO] = "",
+};
+
+const char *arc_format_name(enum arc_format f)
+{
+	if ((unsigned int)f > ARC_AUTO)
+		return "unknown";
+	return fmt_names[f];
+}
+
+int arc_format_parse(const char *name, enum arc_format *out)
+{
+	unsigned int i;
+
+	if (!name)
+		return -EINVAL;
+	for (i = 0; i <= ARC_AUTO; i++) {
+		if (!strcmp(name, fmt_names[i])) {
+			*out = (enum arc_format)i;
+			return 0;
+		}
+	}
+	return -EINVAL;
+}
+
+const char *arc_format_suffix(enum arc_format f)
+{
+	if ((unsigned int)f > ARC_AUTO)
+		return "";
+	return fmt_suffixes[f];
+}
+
+static void sha_finish(struct arc_stream *s)
+{
+	static const char hex[] = "0123456789abcdef";
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int mdlen = 0, i;
+
+	if (EVP_DigestFinal_ex(s->md, md, &mdlen) != 1 || mdlen != 32)
+		return;
+	for (i = 0; i < mdlen; i++) {
+		s->sha_hex[2 * i] = hex[md[i] >> 4];
+		s->sha_hex[2 * i + 1] = hex[md[i] & 15];
+	}
+	s->sha_hex[64] = '\0';
+	s->sha_done = 1;
+}
+
+/* Read file bytes [off, off + len) into @dst and hash them. */
+static int read_data(struct arc_stream *s, unsigned char *dst, size_t len, uint64_t off)
+{
+	while (len) {
+		size_t want = len < ARC_READ_CHUNK ? len : ARC_READ_CHUNK;
+		ssize_t r = pread(s->fd, dst, want, (off_t)off);
+
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (r == 0)
+			return -ENODATA;	/* shrank since open */
+		if (EVP_DigestUpdate(s->md, dst, (size_t)r) != 1)
+			return -ENOMEM;
+		atomic_fetch_add_explicit(&s->bytes_in, (uint64_t)r, memory_order_relaxed);
+		dst += r;
+		off += (uint64_t)r;
+		len -= (size_t)r;
+	}
+	return 0;
+}
+
+/* Produce the next up to @len raw bytes into @buf (see DESIGN). */
+static ssize_t raw_fill(void *ctx, void *buf, size_t len)
+{
+	struct arc_stream *s = ctx;
+	unsigned char *dst = buf;
+	uint64_t data_end = s->hdr_len + s->size;
+	size_t n = 0;
+	int rc;
+
+	while (n < len && s->raw_pos < s->raw_total) {
+		uint64_t pos = s->raw_pos;
+		size_t k;
+
+		if (pos < s->hdr_len) {
+			k = s->hdr_len - (size_t)pos;
+			if (k > len - n)
+				k = len - n;
+			memcpy(dst + n, s->hdr + pos, k);
+		} else if (pos < data_end) {
+			uint64_t left = data_end - pos;
+
+			k = left < len - n ? (size_t)left : len - n;
+			rc = read_data(s, dst + n, k, pos - s->hdr_len);
+			if (rc)
+				return rc;
+			if (pos + k == data_end)
+				sha_finish(s);
+		} else {
+			uint64_t left = s->raw_total - pos;
+
+			k = left < len - n ? (size_t)left : len - n;
+			memset(dst + n, 0, k);
+		}
+		n += k;
+		s->raw_pos += k;
+	}
+	return (ssize_t)n;
+}
+
+static int resolve_format(const struct arc_opts *o, int fd, const struct stat *st, int level,
+			  enum arc_format *out)
+{
+	int rc;
+
+	if (o->format != ARC_AUTO) {
+		*out = o->format;
+		return 0;
+	}
+	if (st->st_size < (off_t)ARC_AUTO_SMALL) {
+		*out = ARC_TAR_GZ;
+		return 0;
+	}
+	rc = arc_sample_compressible(fd, (uint64_t)st->st_size, level);
+	if (rc < 0)
+		return rc;
+	*out = rc ? ARC_TAR_GZ : ARC_TAR;
+	return 0;
+}
+
+int arc_stream_open_file(const struct arc_opts *opts, int fd, const char *name,
+			 const struct stat *st, struct arc_stream **out)
+{
+	static const struct arc_opts defaults = { .format = ARC_TAR_GZ };
+	const struct arc_opts *o = opts ? opts : &defaults;
+	struct arc_stream *s = NULL;
+	size_t block = o->block_size ? o->block_size : ARC_BLOCK_DEFAULT;
+	int level = o->level ? o->level : 6;
+	int threads = o->threads;
+	enum arc_format fmt;
+	ssize_t hl;
+	int rc;
+
+	if (!out || !st || fd < 0)
+		return -EINVAL;
+	if (S_ISDIR(st->st_mode))
+		return -EISDIR;
+	if (!S_ISREG(st->st_mode) || st->st_size < 0 || (unsigned int)o->format > ARC_AUTO ||
+	    level < 1 || level > 9 || threads < 0 || block < ARC_BLOCK_MIN ||
+	    block > ARC_BLOCK_MAX)
+		return -EINVAL;
+	if (threads == 0) {
+		long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+
+		threads = cpus > 0 ? (int)(cpus < ARC_THREADS_MAX ? cpus : ARC_THREADS_MAX) : 1;
+	}
+	if (threads > ARC_THREADS_MAX)
+		threads = ARC_THREADS_MAX;
+	rc = resolve_format(o, fd, st, level, &fmt);
+	if (rc)
+		return rc;
+	if ((fmt == ARC_TAR_GZ || fmt == ARC_TAR) && (!name || !*name))
+		return -EINVAL;
+
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	s->format = fmt;
+	s->fd = fd;
+	s->size = (uint64_t)st->st_size;
+	s->md = EVP_MD_CTX_new();
+	if (!s->md || EVP_DigestInit_ex(s->md, EVP_sha256(), NULL) != 1) {
+		rc = -ENOMEM;
+		goto fail;
+	}
+	if (fmt == ARC_TAR_GZ || fmt == ARC_TAR) {
+		size_t cap = 2048 + strlen(name);
+
+		s->hdr = malloc(cap);
+		if (!s->hdr) {
+			rc = -ENOMEM;
+			goto fail;
+		}
+		hl = arc_tar_header(name, st, '0', s->hdr, cap);
+		if (hl < 0) {
+			rc = (int)hl;
+			goto fail;
+		}
+		s->hdr_len = (size_t)hl;
+		s->raw_total = s->hdr_len + (s->size + 511) / 512 * 512 + 1024;
+	} else {
+		s->raw_total = s->size;
+	}
+	if (s->size == 0)
+		sha_finish(s);
+	if (fmt == ARC_TAR_GZ || fmt == ARC_GZIP) {
+		rc = pgz_new(level, threads, block, s->raw_total, raw_fill, s, &s->pgz);
+		if (rc)
+			goto fail;
+	}
+	if (s->size > ARC_READ_CHUNK)
+		(void)posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);	/* larger readahead */
+	*out = s;
+	return 0;
+
+fail:
+	arc_stream_free(s);
+	return rc;
+}
+
+ssize_t arc_stream_read(struct arc_stream *s, void *buf, size_t len)
+{
+	ssize_t r;
+
+	if (!s || (!buf && len))
+		return -EINVAL;
+	if (s->err)
+		return s->err;
+	if (len > SSIZE_MAX)
+		len = SSIZE_MAX;
+	if (s->pgz)
+		r = pgz_read(s->pgz, buf, len);
+	else
+		r = len ? raw_fill(s, buf, len) : 0;
+	if (r < 0) {
+		s->err = (int)r;
+		return r;
+	}
+	atomic_fetch_add_explicit(&s->bytes_out, (uint64_t)r, memory_order_relaxed);
+	return r;
+}
+
+enum arc_format arc_stream_format(const struct arc_stream *s)
+{
+	return s->format;
+}
+
+uint64_t arc_stream_bytes_in(const struct arc_stream *s)
+{
+	return atomic_load_explicit(&s->bytes_in, memory_order_relaxed);
+}
+
+uint64_t arc_stream_bytes_out(const struct arc_stream *s)
+{
+	return atomic_load_explicit(&s->bytes_out, memory_order_relaxed);
+}
+
+int arc_stream_workers(const struct arc_stream *s)
+{
+	return pgz_workers(s->pgz);
+}
+
+int arc_stream_sha256(const struct arc_stream *s, char *hex_out)
+{
+	if (!s || !hex_out)
+		return -EINVAL;
+	if (!s->sha_done)
+		return -EAGAIN;	/* the content has not been read to its end yet */
+	memcpy(hex_out, s->sha_hex, sizeof(s->sha_hex));
+	return 0;
+}
+
+void arc_stream_free(struct arc_stream *s)
+{
+	if (!s)
+		return;
+	pgz_free(s->pgz);
+	EVP_MD_CTX_free(s->md);
+	free(s->hdr);
+	free(s);
+}

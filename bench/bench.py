@@ -1,0 +1,748 @@
+#!/usr/bin/env python3
+"""bench.py SCENARIO... - the measuring half of scripts/bench (which installs the
+tools, builds mgmtfs, makes the data and starts the RGW, then calls this).
+
+Scenarios: big (compressed and uncompressed), small, close, mem.
+
+Every tool is timed as a whole process with time.monotonic() around it; the
+mgmtfs rows time `cp` into MNT/pending/ until user.mgmt.status of
+MNT/completed/NAME reads "completed".  Runs are interleaved (run 1 of every
+tool, then run 2, ...) so that drift hits every tool alike.  Each table gives the
+median of RUNS runs, the min-max range and mgmtfs's ratio to each peer.
+
+env (set by scripts/bench): RUNS BENCH_DATA BENCH_WORK BENCH_RESULTS MGMTFS
+  MGMTFS_OPTS (extra -o options) BUCKET S3_ENDPOINT AWS_ACCESS_KEY_ID
+  AWS_SECRET_ACCESS_KEY AWS_REGION
+"""
+import datetime
+import json
+import os
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import s3put  # noqa: E402
+
+MiB = 1 << 20
+RUNS = int(os.environ.get("RUNS", "3"))
+DATA = os.environ.get("BENCH_DATA", "/var/tmp/mgmtfs-bench-data")
+W = os.environ.get("BENCH_WORK", "/var/tmp/mgmtfs-bench")
+RESULTS = os.environ.get("BENCH_RESULTS", "build/bench-results.md")
+MGMTFS = os.environ.get("MGMTFS", "")
+MGMTFS_OPTS = os.environ.get("MGMTFS_OPTS", "")
+BUCKET = os.environ.get("BUCKET", "bench")
+ENDPOINT = os.environ["S3_ENDPOINT"]
+REGION = (os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+          or "us-east-1")
+TIMEOUT = float(os.environ.get("BENCH_TIMEOUT", "1200"))
+PY = sys.executable
+
+BIG = os.path.join(DATA, "big.bin")
+HUGE = os.path.join(DATA, "big4g.bin")
+SMALL = os.path.join(DATA, "small")
+
+# every child gets this environment: AWS_CA_BUNDLE makes rclone 1.60 fail even
+# on plain-http endpoints, so it goes for every tool alike
+ENV = dict(os.environ)
+ENV.pop("AWS_CA_BUNDLE", None)
+ENV["AWS_REGION"] = ENV["AWS_DEFAULT_REGION"] = REGION
+ENV["AWS_CONFIG_FILE"] = os.path.join(W, "aws-config")
+ENV["AWS_PAGER"] = ""
+AWS = f"/usr/bin/aws --endpoint-url {ENDPOINT} --only-show-errors"
+RCLONE = f"rclone --config {W}/rclone.conf"
+STAMP = datetime.datetime.now().strftime("%H%M%S")
+S3 = s3put.client()
+
+
+class Fail(Exception):
+    pass
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def q(s):
+    return shlex.quote(str(s))
+
+
+# ------------------------------------------------------------------ helpers
+def run(cmd, timeout=TIMEOUT):
+    """Run a shell command (bash, pipefail); raise Fail with its stderr tail."""
+    p = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], env=ENV,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                       timeout=timeout)
+    if p.returncode != 0:
+        tail = p.stderr.decode(errors="replace").strip().splitlines()[-3:]
+        raise Fail(f"exit {p.returncode}: {' | '.join(tail) or cmd}")
+
+
+def timed(cmd):
+    t0 = time.monotonic()
+    run(cmd)
+    return time.monotonic() - t0
+
+
+def peak_rss(cmd):
+    """Run cmd (no shell) and return (seconds, peak RSS in bytes) via wait4."""
+    t0 = time.monotonic()
+    p = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE)
+    err = p.stderr.read()
+    _, status, ru = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    dt = time.monotonic() - t0
+    if p.returncode != 0:
+        tail = err.decode(errors="replace").strip().splitlines()[-3:]
+        raise Fail(f"exit {p.returncode}: {' | '.join(tail)}")
+    return dt, ru.ru_maxrss * 1024
+
+
+def s3rm(prefix):
+    try:
+        s3put.rm_prefix(S3, BUCKET, prefix)
+    except SystemExit as e:
+        log(f"  warning: cleanup of {prefix}: {e}")
+
+
+def s3count(prefix):
+    return len(s3put.list_keys(S3, BUCKET, prefix))
+
+
+def expect_objects(prefix, n):
+    got = s3count(prefix)
+    if got < n:
+        raise Fail(f"only {got} object(s) under s3://{BUCKET}/{prefix}, "
+                   f"expected {n}")
+
+
+def check_disk(need_gib=6):
+    st = os.statvfs(W)
+    free = st.f_bavail * st.f_frsize
+    if free < need_gib << 30:
+        raise Fail(f"only {free >> 30} GiB free on {W}; need {need_gib}")
+
+
+def fresh_prefix(tag, r):
+    return f"{tag}-{STAMP}-r{r}"
+
+
+def wait_mount(path, proc=None, secs=20):
+    end = time.monotonic() + secs
+    while time.monotonic() < end:
+        if os.path.ismount(path):
+            return
+        if proc is not None and proc.poll() is not None:
+            raise Fail(f"exited with {proc.returncode} before mounting")
+        time.sleep(0.05)
+    raise Fail(f"{path} not mounted after {secs} s")
+
+
+def unmount(path):
+    for i in range(50):
+        if not os.path.ismount(path):
+            return True
+        r = subprocess.run(["fusermount3", "-u", path], stderr=subprocess.PIPE)
+        if r.returncode == 0:
+            return True
+        time.sleep(0.2)
+    subprocess.run(["fusermount3", "-u", "-z", path])
+    return False
+
+
+# ------------------------------------------------------------------ mgmtfs
+class Mgmtfs:
+    """One fresh daemon on a fresh mount point and a fresh local_dir."""
+    n = 0
+
+    def __init__(self, prefix, compression=None, level=None, settle="0"):
+        if not MGMTFS or not os.access(MGMTFS, os.X_OK):
+            raise Fail("n/a: build/mgmtfs missing")
+        Mgmtfs.n += 1
+        self.mnt = os.path.join(W, f"mnt-mgmtfs-{Mgmtfs.n}")
+        self.local = os.path.join(W, f"mgmtfs-local-{Mgmtfs.n}")
+        self.logf = os.path.join(W, f"mgmtfs-{Mgmtfs.n}.log")
+        for d in (self.mnt, self.local):
+            shutil.rmtree(d, ignore_errors=True)
+            os.makedirs(d)
+        opts = [f"bucket={BUCKET}", f"prefix={prefix}", f"local_dir={self.local}",
+                f"endpoint={ENDPOINT}", f"region={REGION}"]
+        if settle is not None:
+            opts.append(f"settle={settle}")
+        if compression:
+            opts.append(f"compression={compression}")
+        if level:
+            opts.append(f"level={level}")
+        if MGMTFS_OPTS:
+            opts.append(MGMTFS_OPTS)
+        self.cmd = [MGMTFS, self.mnt, "-f", "-o", ",".join(opts)]
+        self.proc = None
+
+    def __enter__(self):
+        self.lf = open(self.logf, "wb")
+        self.proc = subprocess.Popen(self.cmd, env=ENV, stdout=self.lf,
+                                     stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        try:
+            wait_mount(self.mnt, self.proc)
+            for d in ("pending", "completed"):
+                if not os.path.isdir(os.path.join(self.mnt, d)):
+                    raise Fail(f"no {d}/ in the mount")
+        except Exception as e:
+            self.__exit__(None, None, None)
+            raise Fail(f"mgmtfs: {e}; {self.logtail()}")
+        return self
+
+    def logtail(self):
+        try:
+            with open(self.logf, "rb") as f:
+                t = f.read()[-600:].decode(errors="replace").strip()
+            return "log: " + " | ".join(t.splitlines()[-3:]) if t else "log empty"
+        except OSError:
+            return ""
+
+    def xattr(self, path, name="status"):
+        try:
+            return os.getxattr(path, "user.mgmt." + name).decode(errors="replace")
+        except OSError:
+            return None
+
+    def alive(self):
+        if self.proc.poll() is not None:
+            raise Fail(f"mgmtfs exited with {self.proc.returncode}; {self.logtail()}")
+
+    def failed_in_pending(self, names=None):
+        pend = os.path.join(self.mnt, "pending")
+        for n in names if names is not None else os.listdir(pend):
+            p = os.path.join(pend, n)
+            if self.xattr(p) == "failed":
+                raise Fail(f"mgmtfs: {n} failed: {self.xattr(p, 'error')}")
+
+    def wait_completed(self, name, timeout=TIMEOUT):
+        done = os.path.join(self.mnt, "completed", name)
+        end = time.monotonic() + timeout
+        last_check = time.monotonic()
+        while True:
+            if self.xattr(done) == "completed":
+                return
+            now = time.monotonic()
+            if now > end:
+                raise Fail(f"mgmtfs: {name} not completed after {timeout:.0f} s "
+                           f"(pending status {self.xattr(os.path.join(self.mnt, 'pending', name))})")
+            if now - last_check > 1:
+                last_check = now
+                self.alive()
+                self.failed_in_pending([name])
+            time.sleep(0.005)
+
+    def wait_all_completed(self, count, stall=180):
+        comp = os.path.join(self.mnt, "completed")
+        last_n, last_t, last_check = -1, time.monotonic(), time.monotonic()
+        while True:
+            n = len(os.listdir(comp))
+            if n >= count:
+                return
+            now = time.monotonic()
+            if n != last_n:
+                last_n, last_t = n, now
+            elif now - last_t > stall:
+                raise Fail(f"mgmtfs: stuck at {n}/{count} completed for {stall} s")
+            if now - last_check > 2:
+                last_check = now
+                self.alive()
+                self.failed_in_pending()
+            time.sleep(0.01)
+
+    def vmhwm(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for ln in f:
+                if ln.startswith("VmHWM:"):
+                    return int(ln.split()[1]) * 1024
+        raise Fail("no VmHWM")
+
+    def __exit__(self, *exc):
+        if self.proc is not None:
+            unmount(self.mnt)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.lf.close()
+        shutil.rmtree(self.local, ignore_errors=True)
+        try:
+            os.rmdir(self.mnt)
+        except OSError:
+            pass
+        return False
+
+
+def mgmtfs_put_file(src, prefix, **kw):
+    name = os.path.basename(src)
+    with Mgmtfs(prefix, **kw) as m:
+        t0 = time.monotonic()
+        run(f"cp {q(src)} {q(m.mnt)}/pending/")
+        m.wait_completed(name)
+        dt = time.monotonic() - t0
+    expect_objects(prefix, 1)
+    return dt
+
+
+# ------------------------------------------------------------------ s3fs
+class S3fs:
+    def __init__(self):
+        self.mnt = os.path.join(W, "mnt-s3fs")
+
+    def __enter__(self):
+        os.makedirs(self.mnt, exist_ok=True)
+        unmount(self.mnt)
+        run(f"s3fs {BUCKET} {q(self.mnt)} -o passwd_file={q(W)}/s3fs-passwd,"
+            f"url={ENDPOINT},use_path_request_style,endpoint={REGION}")
+        wait_mount(self.mnt)
+        return self
+
+    def __exit__(self, *exc):
+        unmount(self.mnt)
+        return False
+
+
+def s3fs_cp(s3fs, src, prefix, recursive=False):
+    d = os.path.join(s3fs.mnt, prefix)
+    os.makedirs(d)
+    if recursive:
+        return timed(f"cp -r {q(src)}/. {q(d)}/")
+    return timed(f"cp {q(src)} {q(d)}/")
+
+
+# ------------------------------------------------------------------ tables
+class Row:
+    def __init__(self, key, label, fn, ref=None, mgmtfs=False):
+        self.key, self.label, self.fn, self.ref = key, label, fn, ref
+        self.mgmtfs = mgmtfs
+        self.vals, self.err = [], None
+
+    @property
+    def med(self):
+        return statistics.median(self.vals) if self.vals and not self.err else None
+
+
+class Table:
+    def __init__(self, title, unit, note, size=None):
+        self.title, self.unit, self.note, self.size = title, unit, note, size
+        self.rows, self.targets = [], []
+
+    def add(self, *a, **kw):
+        r = Row(*a, **kw)
+        self.rows.append(r)
+        return r
+
+    def row(self, key):
+        return next(r for r in self.rows if r.key == key)
+
+    def measure(self):
+        log(f"\n=== {self.title} (RUNS={RUNS})")
+        for i in range(RUNS):
+            for r in self.rows:
+                if r.err:
+                    continue
+                try:
+                    check_disk()
+                    v = r.fn(i)
+                    r.vals.append(v)
+                    log(f"  run {i + 1}/{RUNS}  {r.label:<44} {fmt(v, self.unit)}")
+                except Fail as e:
+                    r.err = str(e)
+                    log(f"  run {i + 1}/{RUNS}  {r.label:<44} FAILED: {e}")
+                except subprocess.TimeoutExpired:
+                    r.err = "timeout"
+                    log(f"  run {i + 1}/{RUNS}  {r.label:<44} FAILED: timeout")
+
+    def render(self):
+        u = "s" if self.unit == "s" else "MiB"
+        out = [f"### {self.title}", "", self.note, "",
+               f"| tool | median {u} | min–max {u} |"
+               + (" MiB/s |" if self.size else "")
+               + " mgmtfs ÷ tool |",
+               "|---|---:|---:|" + ("---:|" if self.size else "") + "---|"]
+        for r in self.rows:
+            if r.err:
+                na = r.err.startswith("n/a")
+                why = (r.err[5:] if na else r.err).replace("|", "/")[:160]
+                line = (f"| {r.label} | {'n/a' if na else 'fail'} | {why} |"
+                        + (" |" if self.size else ""))
+            else:
+                m = r.med
+                line = (f"| {r.label} | {fmt(m, self.unit, False)} | "
+                        f"{fmt(min(r.vals), self.unit, False)}–"
+                        f"{fmt(max(r.vals), self.unit, False)} |")
+                if self.size:
+                    line += f" {self.size / MiB / m:.0f} |"
+            if r.mgmtfs:
+                line += " — |"
+            else:
+                ref = self.row(r.ref) if r.ref else None
+                if ref is None:
+                    line += " |"
+                elif ref.med is None or r.med is None:
+                    line += f" n/a ({ref.label}) |"
+                else:
+                    line += f" {ref.med / r.med:.2f} ({ref.label}) |"
+            out.append(line)
+        out.append("")
+        for t in self.targets:
+            out.append(f"- {t}")
+        out.append("")
+        return "\n".join(out)
+
+    def target(self, text, a, b, op, limit, how):
+        """Record a target: ratio = a.med / b.med (how='time') checked op limit."""
+        ra, rb = self.row(a), self.row(b)
+        if ra.med is None or rb.med is None:
+            self.targets.append(f"**n/a** target: {text} (no figure for "
+                                f"{ra.label if ra.med is None else rb.label})")
+            return
+        ratio = ra.med / rb.med
+        ok = ratio <= limit if op == "<=" else ratio >= limit
+        self.targets.append(f"**{'PASS' if ok else 'MISS'}** target: {text}: "
+                            f"{how.format(ratio=ratio)}")
+
+
+def fmt(v, unit, with_unit=True):
+    if v is None:
+        return "n/a"
+    if unit == "s":
+        return f"{v:.2f}" + (" s" if with_unit else "")
+    return f"{v / MiB:.0f}" + (" MiB" if with_unit else "")
+
+
+# ------------------------------------------------------------------ scenarios
+def big_compressed():
+    t = Table("big, compressed: 1 GiB mixed file",
+              "s", "mgmtfs: `cp` into `pending/` until `user.mgmt.status` = completed "
+              "(compression=tar.gz, settle=0, fresh mount per run); peers compress "
+              "to /dev/null or stream `tar | gzip | aws s3 cp -`. "
+              "mgmtfs ÷ tool < 1 means mgmtfs took less time.", size=1 << 30)
+    for lv in (1, 6):
+        t.add(f"m{lv}", f"mgmtfs tar.gz level={lv}",
+              lambda r, lv=lv: mgmtfs_put_file(
+                  BIG, fresh_prefix(f"bigc{lv}-mgmtfs", r),
+                  compression="tar.gz", level=lv), mgmtfs=True)
+    for lv in (1, 6):
+        t.add(f"pigz{lv}", f"pigz -{lv} > /dev/null",
+              lambda r, lv=lv: timed(f"pigz -{lv} -c {q(BIG)} >/dev/null"), ref=f"m{lv}")
+        t.add(f"gzip{lv}", f"gzip -{lv} > /dev/null",
+              lambda r, lv=lv: timed(f"gzip -{lv} -c {q(BIG)} >/dev/null"), ref=f"m{lv}")
+        for z in ("gzip", "pigz"):
+            def tarput(r, lv=lv, z=z):
+                p = fresh_prefix(f"bigc{lv}-tar{z}", r)
+                try:
+                    dt = timed(f"tar -cf - -C {q(DATA)} big.bin | {z} -{lv} | "
+                               f"{AWS} s3 cp - s3://{BUCKET}/{p}/big.bin.tar.gz")
+                    expect_objects(p, 1)
+                    return dt
+                finally:
+                    s3rm(p)
+            t.add(f"tar{z}{lv}", f"tar \\| {z} -{lv} \\| aws s3 cp -", tarput, ref=f"m{lv}")
+    t.measure()
+    for lv in (1, 6):
+        t.target(f"mgmtfs level {lv} ≤ 1.25 × pigz -{lv}", f"m{lv}", f"pigz{lv}",
+                 "<=", 1.25, "mgmtfs takes {ratio:.2f} × pigz's time")
+    return t
+
+
+def big_uncompressed():
+    t = Table("big, uncompressed: 1 GiB mixed file",
+              "s", "mgmtfs: compression=none, `cp` into `pending/` until completed "
+              "(settle=0, fresh mount per run). curl: one SigV4 PUT of the whole "
+              "file, no multipart (UNSIGNED-PAYLOAD: the server's ceiling; "
+              "the signed-payload variant hashes the file first). "
+              "mgmtfs ÷ tool < 1 means mgmtfs took less time.", size=1 << 30)
+    t.add("m", "mgmtfs compression=none",
+          lambda r: mgmtfs_put_file(BIG, fresh_prefix("bigu-mgmtfs", r),
+                                    compression="none"), mgmtfs=True)
+
+    def s3job(tag, cmdf):
+        def f(r):
+            p = fresh_prefix(tag, r)
+            try:
+                dt = timed(cmdf(p))
+                expect_objects(p, 1)
+                return dt
+            finally:
+                s3rm(p)
+        return f
+    t.add("curl", "curl -T (raw PUT, UNSIGNED-PAYLOAD)",
+          s3job("bigu-curl", lambda p: f"{PY} {HERE}/s3put.py curl {q(BIG)} /{BUCKET}/{p}/big.bin"),
+          ref="m")
+    t.add("curls", "curl -T (raw PUT, signed payload)",
+          s3job("bigu-curls", lambda p: f"{PY} {HERE}/s3put.py curl {q(BIG)} /{BUCKET}/{p}/big.bin --signed"),
+          ref="m")
+    t.add("aws", "aws s3 cp",
+          s3job("bigu-aws", lambda p: f"{AWS} s3 cp {q(BIG)} s3://{BUCKET}/{p}/big.bin"),
+          ref="m")
+    s3fs = S3fs()
+
+    def s3fs_big(r):
+        p = fresh_prefix("bigu-s3fs", r)
+        try:
+            dt = s3fs_cp(s3fs, BIG, p)
+            expect_objects(p, 1)
+            return dt
+        finally:
+            s3rm(p)
+    t.add("s3fs", "cp into s3fs mount", s3fs_big, ref="m")
+    t.add("rclone", "rclone copy",
+          s3job("bigu-rclone", lambda p: f"{RCLONE} copy {q(BIG)} rgw:{BUCKET}/{p}/"),
+          ref="m")
+    with s3fs:
+        t.measure()
+    t.target("mgmtfs ≥ 1.4 × faster than aws s3 cp", "aws", "m", ">=", 1.4,
+             "aws s3 cp takes {ratio:.2f} × mgmtfs's time")
+    t.target("mgmtfs ≤ 1.3 × the raw PUT", "m", "curl", "<=", 1.3,
+             "mgmtfs takes {ratio:.2f} × the raw PUT's time")
+    return t
+
+
+def small():
+    n = len(os.listdir(SMALL))
+    size = sum(os.path.getsize(os.path.join(SMALL, f)) for f in os.listdir(SMALL))
+    t = Table(f"small: {n} files of 10 KiB", "s",
+              f"mgmtfs: `cp -r small/. MNT/pending/` until all {n} are completed "
+              "(default compression tar.gz, settle=0, fresh mount per run); "
+              "4 raw PUT streams = s3put.py dir --threads 4 (keep-alive, "
+              "UNSIGNED-PAYLOAD: the ceiling). "
+              "mgmtfs ÷ tool < 1 means mgmtfs took less time.", size=size)
+
+    def m(r):
+        p = fresh_prefix("small-mgmtfs", r)
+        try:
+            with Mgmtfs(p) as mg:
+                t0 = time.monotonic()
+                run(f"cp -r {q(SMALL)}/. {q(mg.mnt)}/pending/")
+                mg.wait_all_completed(n)
+                dt = time.monotonic() - t0
+                comp = os.path.join(mg.mnt, "completed")
+                bad = [x for x in os.listdir(comp)
+                       if mg.xattr(os.path.join(comp, x)) != "completed"]
+                if bad:
+                    raise Fail(f"{len(bad)} in completed/ not 'completed', e.g. {bad[0]}")
+            expect_objects(p, n)
+            return dt
+        finally:
+            s3rm(p)
+    t.add("m", "mgmtfs", m, mgmtfs=True)
+
+    def s3job(tag, cmdf):
+        def f(r):
+            p = fresh_prefix(tag, r)
+            try:
+                dt = timed(cmdf(p))
+                expect_objects(p, n)
+                return dt
+            finally:
+                s3rm(p)
+        return f
+    t.add("py4", "4 raw PUT streams (s3put.py dir --threads 4)",
+          s3job("small-py4", lambda p: f"{PY} {HERE}/s3put.py dir {q(SMALL)} /{BUCKET}/{p} --threads 4"),
+          ref="m")
+    t.add("aws", "aws s3 cp --recursive",
+          s3job("small-aws", lambda p: f"{AWS} s3 cp --recursive {q(SMALL)} s3://{BUCKET}/{p}/"),
+          ref="m")
+    t.add("rclone", "rclone copy",
+          s3job("small-rclone", lambda p: f"{RCLONE} copy {q(SMALL)} rgw:{BUCKET}/{p}/"),
+          ref="m")
+    s3fs = S3fs()
+
+    def s3fs_small(r):
+        p = fresh_prefix("small-s3fs", r)
+        try:
+            dt = s3fs_cp(s3fs, SMALL, p, recursive=True)
+            expect_objects(p, n)
+            return dt
+        finally:
+            s3rm(p)
+    t.add("s3fs", "cp -r into s3fs mount", s3fs_small, ref="m")
+    with s3fs:
+        t.measure()
+    t.target("mgmtfs ≥ 1.3 × faster than rclone copy", "rclone", "m", ">=", 1.3,
+             "rclone copy takes {ratio:.2f} × mgmtfs's time")
+    t.target("mgmtfs ≤ 1.3 × the 4-stream raw PUT", "m", "py4", "<=", 1.3,
+             "mgmtfs takes {ratio:.2f} × the 4 streams' time")
+    return t
+
+
+def close():
+    t = Table("close latency: `cp` of the 1 GiB file returns", "s",
+              "Time until `cp` exits (no sync). mgmtfs: into `pending/` "
+              "(default compression, settle=0, fresh mount; the upload that "
+              "follows is waited for but not timed). disk: the backing "
+              "filesystem of local_dir. s3fs uploads before close returns. "
+              "mgmtfs ÷ tool < 1 means mgmtfs took less time.", size=1 << 30)
+
+    def m(r):
+        p = fresh_prefix("close-mgmtfs", r)
+        try:
+            with Mgmtfs(p) as mg:
+                dt = timed(f"cp {q(BIG)} {q(mg.mnt)}/pending/")
+                mg.wait_completed("big.bin")
+            return dt
+        finally:
+            s3rm(p)
+    t.add("m", "cp into mgmtfs pending/", m, mgmtfs=True)
+    disk = os.path.join(W, "disk")
+
+    def d(r):
+        shutil.rmtree(disk, ignore_errors=True)
+        os.makedirs(disk)
+        try:
+            return timed(f"cp {q(BIG)} {q(disk)}/")
+        finally:
+            shutil.rmtree(disk, ignore_errors=True)
+    t.add("disk", f"cp to disk ({W})", d, ref="m")
+    s3fs = S3fs()
+
+    def s(r):
+        p = fresh_prefix("close-s3fs", r)
+        try:
+            return s3fs_cp(s3fs, BIG, p)
+        finally:
+            s3rm(p)
+    t.add("s3fs", "cp into s3fs mount", s, ref="m")
+    with s3fs:
+        t.measure()
+    t.target("mgmtfs ≤ 1.5 × cp to disk", "m", "disk", "<=", 1.5,
+             "cp into pending/ takes {ratio:.2f} × cp to disk")
+    return t
+
+
+def mem():
+    t = Table("memory: peak RSS uploading 1 GiB and 4 GiB", "rss",
+              "mgmtfs: VmHWM of a fresh daemon (default settings: tar.gz level 6, "
+              "default part size and parallelism; settle=0), read after the "
+              "record says completed, just before unmount. Peers: peak RSS "
+              "(wait4 ru_maxrss) of a plain upload of the same file. "
+              "mgmtfs ÷ tool < 1 means mgmtfs used less memory.")
+
+    def m(src):
+        def f(r):
+            p = fresh_prefix(f"mem-mgmtfs-{os.path.basename(src)}", r)
+            try:
+                with Mgmtfs(p) as mg:
+                    run(f"cp {q(src)} {q(mg.mnt)}/pending/")
+                    mg.wait_completed(os.path.basename(src))
+                    hwm = mg.vmhwm()
+                expect_objects(p, 1)
+                return hwm
+            finally:
+                s3rm(p)
+        return f
+
+    def peer(tag, src, argvf):
+        def f(r):
+            p = fresh_prefix(f"mem-{tag}", r)
+            try:
+                _, rss = peak_rss(argvf(p))
+                expect_objects(p, 1)
+                return rss
+            finally:
+                s3rm(p)
+        return f
+    for src, lab in ((BIG, "1g"), (HUGE, "4g")):
+        name = os.path.basename(src)
+        t.add(f"m{lab}", f"mgmtfs, {lab[0]} GiB", m(src), mgmtfs=True)
+        t.add(f"aws{lab}", f"aws s3 cp, {lab[0]} GiB",
+              peer(f"aws{lab}", src, lambda p, src=src, name=name:
+                   shlex.split(AWS) + ["s3", "cp", src, f"s3://{BUCKET}/{p}/{name}"]),
+              ref=f"m{lab}")
+        t.add(f"rclone{lab}", f"rclone copy, {lab[0]} GiB",
+              peer(f"rclone{lab}", src, lambda p, src=src:
+                   shlex.split(RCLONE) + ["copy", src, f"rgw:{BUCKET}/{p}/"]),
+              ref=f"m{lab}")
+    t.measure()
+    for lab in ("1g", "4g"):
+        r = t.row(f"m{lab}")
+        text = f"mgmtfs {lab[0]} GiB peak RSS ≤ 256 MiB"
+        if r.med is None:
+            t.targets.append(f"**n/a** target: {text}")
+        else:
+            t.targets.append(f"**{'PASS' if r.med <= 256 * MiB else 'MISS'}** "
+                             f"target: {text}: {r.med / MiB:.0f} MiB")
+    t.target("mgmtfs 4 GiB peak RSS within 10% of 1 GiB", "m4g", "m1g", "<=", 1.10,
+             "4 GiB / 1 GiB = {ratio:.2f}")
+    return t
+
+
+SCENARIOS = {"big": [big_compressed, big_uncompressed], "small": [small],
+             "close": [close], "mem": [mem]}
+
+
+def header():
+    def ver(cmd):
+        try:
+            return subprocess.run(cmd, shell=True, env=ENV, capture_output=True,
+                                  text=True, timeout=30).stdout.strip().splitlines()[0]
+        except Exception:
+            return "?"
+    mg = MGMTFS if MGMTFS and os.access(MGMTFS, os.X_OK) else "missing (rows n/a)"
+    return "\n".join([
+        f"## mgmtfs benchmark, {datetime.datetime.now().isoformat(timespec='seconds')}",
+        "",
+        f"- RUNS={RUNS} (median, min–max of RUNS runs; runs interleaved across tools)",
+        f"- machine: {os.cpu_count()} cores, {ver('uname -sr')}, load at start "
+        f"{os.getloadavg()[0]:.2f}",
+        f"- S3: {ENDPOINT} (Ceph RGW from scripts/s3-server), bucket {BUCKET}",
+        f"- mgmtfs: {mg} {MGMTFS_OPTS}",
+        f"- data: {DATA} (bench/gen-data.py, reproducible); work dir {W}",
+        f"- tools: {ver('pigz --version 2>&1')}; {ver('gzip --version')}; "
+        f"{ver('/usr/bin/aws --version')}; {ver('rclone version')}; "
+        f"{ver('s3fs --version')}; {ver('curl --version')}",
+        ""])
+
+
+def main(args):
+    what = []
+    for a in args or ["all"]:
+        what += (["big", "small", "close", "mem"] if a == "all" else [a])
+    os.makedirs(W, exist_ok=True)
+    with open(ENV["AWS_CONFIG_FILE"], "w") as f:
+        f.write(f"[default]\nregion = {REGION}\ns3 =\n  addressing_style = path\n")
+    with open(os.path.join(W, "rclone.conf"), "w") as f:
+        f.write(f"[rgw]\ntype = s3\nprovider = Ceph\nendpoint = {ENDPOINT}\n"
+                f"access_key_id = {ENV['AWS_ACCESS_KEY_ID']}\n"
+                f"secret_access_key = {ENV['AWS_SECRET_ACCESS_KEY']}\n"
+                f"region = {REGION}\nforce_path_style = true\n")
+    pw = os.path.join(W, "s3fs-passwd")
+    fd = os.open(pw, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.write(fd, f"{ENV['AWS_ACCESS_KEY_ID']}:{ENV['AWS_SECRET_ACCESS_KEY']}\n".encode())
+    os.close(fd)
+    os.chmod(pw, 0o600)
+
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))
+    os.makedirs(os.path.dirname(os.path.abspath(RESULTS)), exist_ok=True)
+    out = [header()]
+    with open(RESULTS, "w") as f:
+        f.write(out[0] + "\n")
+    raw = {}
+    for w in what:
+        for sc in SCENARIOS[w]:
+            t = sc()
+            text = t.render()
+            print("\n" + text, flush=True)
+            out.append(text)
+            with open(RESULTS, "w") as f:
+                f.write("\n".join(out) + "\n")
+            raw[t.title] = {r.label: {"values": r.vals, "error": r.err}
+                            for r in t.rows}
+            with open(os.path.splitext(RESULTS)[0] + ".json", "w") as f:
+                json.dump(raw, f, indent=1)
+    log(f"\nresults: {RESULTS}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,72 @@
+/*
+ * config.h - mgmtfs settings: parsed once at startup from -o options, the
+ * environment and a config file (in that order of precedence), validated,
+ * then passed around as const and never changed (so no lock).
+ */
+#ifndef MGMTFS_FS_CONFIG_H
+#define MGMTFS_FS_CONFIG_H
+
+#include <stddef.h>
+
+#include "archive/arc.h"
+
+struct mgmtfs_config {
+	char *mountpoint;	/* owned, absolute */
+	char *bucket;		/* owned */
+	char *prefix;		/* owned, "" or without leading/trailing '/' */
+	char *local_dir;	/* owned, absolute */
+	char *completed_dir;	/* owned, absolute */
+	char *db_dir;		/* owned: LOCAL_DIR/.mgmt */
+	double settle;		/* seconds */
+	double dir_settle;
+	enum arc_format compression;
+	int level;
+	size_t part_size;
+	int parts_in_flight;
+	int uploads;
+	int threads;		/* compression threads, 0 = all cores */
+	int hold;
+	int foreground;
+	int debug;
+	int allow_other;
+	/* S3 */
+	char *endpoint;		/* owned */
+	char *region;		/* owned */
+	char *access_key;	/* owned */
+	char *secret_key;	/* owned, wiped at free */
+	char *session_token;	/* owned, wiped at free, may be NULL */
+	int path_style;		/* -1 auto */
+	int insecure;
+	int max_attempts;
+	double retry_max_seconds;
+	long stall_seconds;
+	char **ignore;		/* owned, NULL-terminated globs */
+};
+
+/*
+ * Parse the mount command line (argv without the program name handled by
+ * the caller: argv[0] is the program).  On error writes one line a user can
+ * act on into @err and returns -EINVAL (or -ENOMEM).  Returns 1 when
+ * --help or --version was printed and the caller should exit 0.
+ */
+int cfg_parse_mount(int argc, char **argv, struct mgmtfs_config *cfg, char *err, size_t errlen);
+
+/*
+ * Fill in only the settings the commands need (local_dir, db_dir,
+ * completed_dir) from the environment and config file; @local_dir
+ * overrides when not NULL.
+ */
+int cfg_load_for_cli(const char *local_dir, struct mgmtfs_config *cfg, char *err, size_t errlen);
+
+void cfg_release(struct mgmtfs_config *cfg);
+
+/* Parse "8M", "1048576", "1G" into bytes. 0 or -EINVAL. */
+int cfg_parse_size(const char *s, size_t *out);
+
+/* 1 if @name (a top-level entry of pending/) is never uploaded. */
+int cfg_name_ignored(const struct mgmtfs_config *cfg, const char *name);
+
+/* The --help text. */
+const char *cfg_usage(void);
+
+#endif

@@ -1,0 +1,1468 @@
+/*
+ * engine.c - the upload queue, its scheduler and the upload workers.
+ *
+ * DESIGN
+ * LMDB is the queue: a unit is queued by writing its record with status
+ * "queued" before the FUSE reply (engine_unit_changed), so a crash forgets
+ * nothing.  The in-memory table of units is only a cache of what is
+ * scheduled or running: the scheduler thread rescans the store's "queued"
+ * index every few seconds (which is how `mgmtfs retry` on a live mount and
+ * crash recovery reach it).
+ *
+ *   FUSE release ──> engine_unit_changed ──> record queued (LMDB)
+ *                                          └> unit WAITING, due = now + settle
+ *   scheduler ──> due, no writer, not held ──> READY queue
+ *   upload worker (cfg->uploads threads, one S3 client each)
+ *       archive stream (tar/gzip on all cores) ──> part buffers
+ *       one part  ──> PUT with If-None-Match: *  (taken -> NAME_1...)
+ *       more      ──> multipart: parts handed to the part senders
+ *                     (uploads x parts_in_flight threads, one S3 client
+ *                     each, connections kept alive); at most
+ *                     parts_in_flight buffers in flight per upload
+ *       HEAD checks size and ETag; record written; file moved to completed/
+ *
+ * A change to a unit while it uploads raises its cancel flag: the transfer
+ * is cut, the multipart upload aborted, and the unit runs again once it
+ * settles.  Memory is bounded by uploads x (parts_in_flight + 1) x
+ * part_size plus the compressors' blocks, whatever the file sizes.
+ *
+ * Locks: e->lock guards the unit table, the ready queue and the part
+ * queue.  fs->rec_lock serialises read-modify-write of records; it is
+ * never held while e->lock is wanted by the same thread in the other
+ * order (rec_lock first, then e->lock, if ever both).
+ */
+#include "fs/fs_i.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+
+#include "archive/arc.h"
+#include "common/log.h"
+#include "s3/s3.h"
+
+#define RESCAN_SECONDS 2.0
+#define MAX_NAME_TRIES 10000
+
+enum unit_state {
+	U_WAITING,
+	U_READY,
+	U_RUNNING,
+};
+
+struct unit {
+	char *name;		/* owned: top-level name in pending/ */
+	uint64_t id;
+	enum unit_state state;
+	double due;		/* monotonic seconds */
+	int again;		/* changed while running: schedule again after */
+	int gone;		/* left pending/ while running */
+	atomic_int cancel;
+	_Atomic uint64_t done, total;
+	struct unit *next;	/* the table */
+	struct unit *ready_next;
+};
+
+/* A multipart upload in progress, shared by its worker and the part senders. */
+struct job {
+	struct engine *e;
+	struct unit *u;
+	const char *key;	/* borrowed from the worker */
+	const char *upload_id;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	int inflight;		/* protected by lock */
+	int rc;			/* first failure, protected by lock */
+	char error[S3_ERROR_MAX];
+	unsigned char (*md5s)[16];	/* per part, index partno-1 */
+	struct s3_part *parts;
+	size_t nparts;
+	struct s3_part *have;	/* parts the server already has (resume) */
+	size_t nhave;
+	uint64_t sent;		/* bytes of parts done */
+};
+
+struct part_task {
+	struct job *job;
+	uint32_t partno;
+	unsigned char *buf;	/* owned */
+	size_t len;
+	struct part_task *next;
+};
+
+struct engine {
+	struct fs *fs;
+	const struct mgmtfs_config *cfg;
+	struct s3_config s3cfg;
+	pthread_mutex_t lock;
+	pthread_cond_t sched_cond;
+	pthread_cond_t work_cond;
+	pthread_cond_t part_cond;
+	struct unit *units;		/* protected by lock */
+	struct unit *ready, **ready_tail;
+	struct part_task *parts, **parts_tail;
+	int stopping;
+	pthread_t sched;
+	pthread_t *workers;
+	pthread_t *senders;
+	int nworkers, nsenders;
+	int started;
+};
+
+int64_t fs_now(void)
+{
+	return (int64_t)time(NULL);
+}
+
+double fs_monotonic(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* ---- records ---------------------------------------------------------- */
+
+int fs_record_update(struct fs *fs, uint64_t id, int (*fn)(struct store_record *rec, void *arg),
+		     void *arg)
+{
+	struct store_record *rec = malloc(sizeof(*rec));
+	int rc;
+
+	if (!rec)
+		return -ENOMEM;
+	pthread_mutex_lock(&fs->rec_lock);
+	rc = store_get(fs->st, id, rec);
+	if (!rc)
+		rc = fn(rec, arg);
+	if (rc == 0)
+		rc = store_put(fs->st, rec);
+	else if (rc > 0)
+		rc = 0;
+	pthread_mutex_unlock(&fs->rec_lock);
+	free(rec);
+	return rc;
+}
+
+static void pending_rel(const char *name, char *buf, size_t len)
+{
+	snprintf(buf, len, "pending/%s", name);
+}
+
+static int backing_pending(struct engine *e, const char *name, char *buf, size_t len)
+{
+	int n = snprintf(buf, len, "%s/pending/%s", e->cfg->local_dir, name);
+
+	return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
+}
+
+static int status_active(enum store_status s)
+{
+	return s == STORE_QUEUED || s == STORE_UPLOADING || s == STORE_FAILED;
+}
+
+/* ---- the unit table ----------------------------------------------------- */
+
+static struct unit *unit_find(struct engine *e, const char *name)
+{
+	struct unit *u;
+
+	for (u = e->units; u; u = u->next)
+		if (!strcmp(u->name, name))
+			return u;
+	return NULL;
+}
+
+static struct unit *unit_find_id(struct engine *e, uint64_t id)
+{
+	struct unit *u;
+
+	for (u = e->units; u; u = u->next)
+		if (u->id == id)
+			return u;
+	return NULL;
+}
+
+static void unit_remove(struct engine *e, struct unit *u)
+{
+	struct unit **pp;
+
+	for (pp = &e->units; *pp; pp = &(*pp)->next) {
+		if (*pp == u) {
+			*pp = u->next;
+			break;
+		}
+	}
+	free(u->name);
+	free(u);
+}
+
+static void ready_remove(struct engine *e, struct unit *u)
+{
+	struct unit **pp;
+
+	for (pp = &e->ready; *pp; pp = &(*pp)->ready_next) {
+		if (*pp == u) {
+			*pp = u->ready_next;
+			break;
+		}
+	}
+	e->ready_tail = &e->ready;
+	while (*e->ready_tail)
+		e->ready_tail = &(*e->ready_tail)->ready_next;
+	u->ready_next = NULL;
+}
+
+/* Schedule @name (record @id) after @delay.  Caller holds e->lock. */
+static int unit_schedule(struct engine *e, const char *name, uint64_t id, double delay)
+{
+	struct unit *u = unit_find(e, name);
+
+	if (!u) {
+		u = calloc(1, sizeof(*u));
+		if (!u || !(u->name = strdup(name))) {
+			free(u);
+			return -ENOMEM;
+		}
+		u->next = e->units;
+		e->units = u;
+		u->state = U_WAITING;
+	}
+	u->id = id;
+	if (u->state == U_RUNNING) {
+		u->again = 1;
+		u->gone = 0;
+	} else {
+		if (u->state == U_READY) {
+			ready_remove(e, u);
+			u->state = U_WAITING;
+		}
+		u->due = fs_monotonic() + delay;
+	}
+	pthread_cond_signal(&e->sched_cond);
+	return 0;
+}
+
+/* ---- FUSE side ---------------------------------------------------------- */
+
+struct queue_arg {
+	uint64_t size;
+};
+
+static int requeue_fn(struct store_record *rec, void *arg)
+{
+	const struct queue_arg *q = arg;
+
+	rec->status = STORE_QUEUED;
+	rec->error[0] = '\0';
+	rec->original_size = q->size;
+	rec->progress_done = 0;
+	rec->progress_total = 0;
+	rec->generation++;
+	return 0;
+}
+
+int engine_unit_changed(struct engine *e, const char *name)
+{
+	struct store_record *rec = NULL;
+	char rel[PATH_MAX], path[PATH_MAX];
+	struct queue_arg q = { 0 };
+	struct stat st;
+	uint64_t id = 0;
+	int dir, rc;
+
+	if (cfg_name_ignored(e->cfg, name))
+		return 0;
+	if (backing_pending(e, name, path, sizeof(path)) || lstat(path, &st))
+		return 0;	/* gone already */
+	dir = S_ISDIR(st.st_mode);
+	q.size = S_ISREG(st.st_mode) ? (uint64_t)st.st_size : 0;
+	pending_rel(name, rel, sizeof(rel));
+	rec = calloc(1, sizeof(*rec));
+	if (!rec)
+		return -ENOMEM;
+	pthread_mutex_lock(&e->fs->rec_lock);
+	rc = store_find_path(e->fs->st, rel, &id);
+	if (!rc)
+		rc = store_get(e->fs->st, id, rec);
+	if (!rc && status_active(rec->status)) {
+		requeue_fn(rec, &q);
+	} else {
+		memset(rec, 0, sizeof(*rec));
+		rec->status = STORE_QUEUED;
+		snprintf(rec->original_path, sizeof(rec->original_path), "%s", rel);
+		snprintf(rec->s3_bucket, sizeof(rec->s3_bucket), "%s", e->cfg->bucket);
+		rec->original_size = q.size;
+	}
+	rc = store_put(e->fs->st, rec);
+	id = rec->id;
+	pthread_mutex_unlock(&e->fs->rec_lock);
+	free(rec);
+	if (rc) {
+		char eb[128];
+
+		mgmtfs_err("cannot queue 'pending/%s': %s", name,
+			   mgmtfs_strerror(rc, eb, sizeof(eb)));
+		return rc;
+	}
+	pthread_mutex_lock(&e->lock);
+	rc = unit_schedule(e, name, id, dir ? e->cfg->dir_settle : e->cfg->settle);
+	pthread_mutex_unlock(&e->lock);
+	return rc;
+}
+
+/* Forget the queue entry of a unit that left pending/ (the record goes too). */
+static void forget_record(struct engine *e, const char *name)
+{
+	struct store_record *rec = malloc(sizeof(*rec));
+	char rel[PATH_MAX];
+	uint64_t id;
+
+	if (!rec)
+		return;
+	pending_rel(name, rel, sizeof(rel));
+	pthread_mutex_lock(&e->fs->rec_lock);
+	if (!store_find_path(e->fs->st, rel, &id) && !store_get(e->fs->st, id, rec) &&
+	    status_active(rec->status) && !rec->upload_id[0])
+		store_delete(e->fs->st, id);
+	pthread_mutex_unlock(&e->fs->rec_lock);
+	free(rec);
+}
+
+void engine_unit_touched(struct engine *e, const char *name, int gone)
+{
+	struct unit *u;
+	int forget = 0;
+
+	pthread_mutex_lock(&e->lock);
+	u = unit_find(e, name);
+	if (u && u->state == U_RUNNING) {
+		atomic_store(&u->cancel, 1);
+		if (gone) {
+			u->gone = 1;
+			u->again = 0;
+		}
+	} else if (u && gone) {
+		if (u->state == U_READY)
+			ready_remove(e, u);
+		unit_remove(e, u);
+		forget = 1;
+	} else if (!u && gone) {
+		forget = 1;
+	}
+	pthread_mutex_unlock(&e->lock);
+	if (forget)
+		forget_record(e, name);
+}
+
+int engine_progress(struct engine *e, uint64_t id, uint64_t *done, uint64_t *total)
+{
+	struct unit *u;
+	int rc = -ENOENT;
+
+	pthread_mutex_lock(&e->lock);
+	u = unit_find_id(e, id);
+	if (u && u->state == U_RUNNING && atomic_load(&u->total)) {
+		*done = atomic_load(&u->done);
+		*total = atomic_load(&u->total);
+		rc = 0;
+	}
+	pthread_mutex_unlock(&e->lock);
+	return rc;
+}
+
+/* ---- names -------------------------------------------------------------- */
+
+/* "a.txt", 2 -> "a_2.txt" (the mgmt CLI's convention); 0 -> "a.txt". */
+static void numbered_name(const char *name, unsigned i, char *buf, size_t len)
+{
+	const char *dot = strrchr(name, '.');
+
+	if (i == 0)
+		snprintf(buf, len, "%s", name);
+	else if (!dot || dot == name)
+		snprintf(buf, len, "%s_%u", name, i);
+	else
+		snprintf(buf, len, "%.*s_%u%s", (int)(dot - name), name, i, dot);
+}
+
+static void object_key(struct engine *e, const char *name, unsigned i, enum arc_format fmt,
+		       char *buf, size_t len)
+{
+	char base[PATH_MAX];
+	const char *prefix = e->cfg->prefix;
+
+	if (fmt == ARC_NONE) {
+		numbered_name(name, i, base, sizeof(base));
+	} else if (i == 0) {
+		snprintf(base, sizeof(base), "%s%s", name, arc_format_suffix(fmt));
+	} else {
+		snprintf(base, sizeof(base), "%s_%u%s", name, i, arc_format_suffix(fmt));
+	}
+	snprintf(buf, len, "%s%s%s", prefix, *prefix ? "/" : "", base);
+}
+
+/* ---- hashing ------------------------------------------------------------ */
+
+static void md5_of(const void *buf, size_t len, unsigned char out[16])
+{
+	unsigned int n = 16;
+
+	EVP_Digest(buf, len, out, &n, EVP_md5(), NULL);
+}
+
+static void sha256_hex_of(const void *buf, size_t len, char out[65])
+{
+	unsigned char d[32];
+	unsigned int n = 32;
+
+	EVP_Digest(buf, len, d, &n, EVP_sha256(), NULL);
+	for (int i = 0; i < 32; i++)
+		snprintf(out + 2 * i, 3, "%02x", d[i]);
+}
+
+static void hex16(const unsigned char md5[16], char out[33])
+{
+	for (int i = 0; i < 16; i++)
+		snprintf(out + 2 * i, 3, "%02x", md5[i]);
+}
+
+/* ---- part senders ------------------------------------------------------- */
+
+static void job_fail(struct job *j, int rc, const char *msg)
+{
+	pthread_mutex_lock(&j->lock);
+	if (!j->rc) {
+		j->rc = rc;
+		snprintf(j->error, sizeof(j->error), "%s", msg);
+	}
+	pthread_mutex_unlock(&j->lock);
+}
+
+static void send_part(struct s3_client *c, struct part_task *t)
+{
+	struct job *j = t->job;
+	struct engine *e = j->e;
+	unsigned char md5[16];
+	char sha[65], etag[S3_ETAG_MAX], hex[33];
+	int rc = 0, skip = 0;
+
+	md5_of(t->buf, t->len, md5);
+	hex16(md5, hex);
+	for (size_t i = 0; i < j->nhave; i++) {
+		if (j->have[i].partno == t->partno && !strcmp(j->have[i].etag, hex) &&
+		    j->have[i].size == t->len)
+			skip = 1;
+	}
+	pthread_mutex_lock(&j->lock);
+	if (j->rc)
+		rc = j->rc;	/* the upload failed already: do not send more */
+	pthread_mutex_unlock(&j->lock);
+	if (!rc && !skip) {
+		sha256_hex_of(t->buf, t->len, sha);
+		s3_client_set_cancel(c, &j->u->cancel);
+		rc = s3_mpu_put_part(c, j->key, j->upload_id, t->partno, t->buf, t->len, md5, sha,
+				     etag);
+		s3_client_set_cancel(c, NULL);
+		if (rc)
+			job_fail(j, rc, s3_client_error(c));
+		else
+			store_part_put(e->fs->st, j->u->id, t->partno, etag, t->len);
+	}
+	pthread_mutex_lock(&j->lock);
+	if (!rc) {
+		struct s3_part *p = &j->parts[t->partno - 1];
+
+		memcpy(j->md5s[t->partno - 1], md5, 16);
+		p->partno = t->partno;
+		p->size = t->len;
+		snprintf(p->etag, sizeof(p->etag), "%s", skip ? hex : etag);
+		j->sent += t->len;
+	}
+	j->inflight--;
+	pthread_cond_broadcast(&j->cond);
+	pthread_mutex_unlock(&j->lock);
+	free(t->buf);
+	free(t);
+}
+
+static void *sender_main(void *arg)
+{
+	struct engine *e = arg;
+	struct s3_client *c = NULL;
+
+	if (s3_client_new(&e->s3cfg, &c))
+		mgmtfs_err("cannot make an S3 client for a part sender");
+	for (;;) {
+		struct part_task *t;
+
+		pthread_mutex_lock(&e->lock);
+		while (!e->parts && !e->stopping)
+			pthread_cond_wait(&e->part_cond, &e->lock);
+		t = e->parts;
+		if (t) {
+			e->parts = t->next;
+			if (!e->parts)
+				e->parts_tail = &e->parts;
+		}
+		pthread_mutex_unlock(&e->lock);
+		if (!t)
+			break;
+		if (!c) {
+			job_fail(t->job, -ENOMEM, "out of memory");
+			pthread_mutex_lock(&t->job->lock);
+			t->job->inflight--;
+			pthread_cond_broadcast(&t->job->cond);
+			pthread_mutex_unlock(&t->job->lock);
+			free(t->buf);
+			free(t);
+			continue;
+		}
+		send_part(c, t);
+	}
+	s3_client_free(c);
+	return NULL;
+}
+
+/* ---- one upload ---------------------------------------------------------- */
+
+struct result {
+	enum store_status status;
+	enum arc_format fmt;
+	char key[STORE_KEY_MAX];
+	char etag[STORE_ETAG_MAX];
+	char checksum[80];
+	char upload_id[S3_UPLOAD_ID_MAX];
+	uint64_t in, out;
+	char error[S3_ERROR_MAX + 256];
+	int resumable;		/* keep the multipart upload for a later resume */
+};
+
+/* Read from the stream until @buf is full or the stream ends. */
+static ssize_t fill(struct arc_stream *as, unsigned char *buf, size_t len)
+{
+	size_t got = 0;
+
+	while (got < len) {
+		ssize_t n = arc_stream_read(as, buf + got, len - got);
+
+		if (n < 0)
+			return n;
+		if (n == 0)
+			break;
+		got += (size_t)n;
+	}
+	return (ssize_t)got;
+}
+
+static int same_file(const struct stat *a, const struct stat *b)
+{
+	return a->st_size == b->st_size && a->st_mtim.tv_sec == b->st_mtim.tv_sec &&
+	       a->st_mtim.tv_nsec == b->st_mtim.tv_nsec && a->st_ino == b->st_ino;
+}
+
+/* Has the unit changed since @st was taken?  -ECANCELED if so. */
+static int check_unchanged(struct unit *u, int fd, const struct stat *st)
+{
+	struct stat now;
+
+	if (atomic_load(&u->cancel))
+		return -ECANCELED;
+	if (fstat(fd, &now) || !same_file(st, &now))
+		return -ECANCELED;
+	return 0;
+}
+
+static size_t part_size_for(const struct mgmtfs_config *cfg, uint64_t size)
+{
+	/* room for tar/gzip overhead; 9,000 parts leave a margin below 10,000 */
+	uint64_t est = size + size / 64 + (1u << 20);
+	uint64_t need = (est + 8999) / 9000;
+	uint64_t ps = cfg->part_size;
+
+	if (need > ps)
+		ps = (need + (1u << 20) - 1) & ~(uint64_t)((1u << 20) - 1);
+	return (size_t)ps;
+}
+
+static void put_meta(struct s3_meta *m, size_t *n, const char *name, const char *value)
+{
+	m[*n].name = name;
+	m[*n].value = value;
+	(*n)++;
+}
+
+/* Is there an earlier upload of the same content whose object is still there? */
+static int find_duplicate(struct engine *e, struct s3_client *c, uint64_t self,
+			  const char *checksum, struct result *r)
+{
+	struct store_record *rec = malloc(sizeof(*rec));
+	struct s3_object_info info;
+	uint64_t id;
+	int found = 0;
+
+	if (!rec)
+		return 0;
+	if (!store_find_checksum(e->fs->st, checksum, &id) && id != self &&
+	    !store_get(e->fs->st, id, rec) &&
+	    (rec->status == STORE_COMPLETED || rec->status == STORE_DUPLICATE) &&
+	    !strcmp(rec->s3_bucket, e->cfg->bucket) && rec->s3_object_key[0] &&
+	    !s3_head_object(c, rec->s3_object_key, &info) && !strcmp(info.etag, rec->etag)) {
+		snprintf(r->key, sizeof(r->key), "%s", rec->s3_object_key);
+		snprintf(r->etag, sizeof(r->etag), "%s", rec->etag);
+		r->out = rec->compressed_size;
+		if (!strcmp(rec->compression_type, "tar"))
+			r->fmt = ARC_TAR;
+		else if (!strcmp(rec->compression_type, "gzip"))
+			r->fmt = ARC_GZIP;
+		else if (!strcmp(rec->compression_type, "none"))
+			r->fmt = ARC_NONE;
+		else
+			r->fmt = ARC_TAR_GZ;
+		r->status = STORE_DUPLICATE;
+		found = 1;
+	}
+	free(rec);
+	return found;
+}
+
+static int upload_single(struct engine *e, struct s3_client *c, struct unit *u, const char *name,
+			 unsigned char *buf, size_t len, struct s3_meta *meta, size_t nmeta,
+			 struct result *r)
+{
+	struct s3_object_info info;
+	unsigned char md5[16];
+	char sha[65], hex[33];
+	int rc = -EEXIST;
+
+	md5_of(buf, len, md5);
+	hex16(md5, hex);
+	sha256_hex_of(buf, len, sha);
+	s3_client_set_cancel(c, &u->cancel);
+	for (unsigned i = 0; rc == -EEXIST && i < MAX_NAME_TRIES; i++) {
+		object_key(e, name, i, r->fmt, r->key, sizeof(r->key));
+		rc = s3_put_object(c, r->key, buf, len, md5, sha, 1, meta, nmeta, r->etag);
+	}
+	if (!rc)
+		rc = s3_head_object(c, r->key, &info);
+	s3_client_set_cancel(c, NULL);
+	if (rc)
+		return rc;
+	if (info.size != len || strcmp(info.etag, hex)) {
+		snprintf(r->error, sizeof(r->error),
+			 "the object '%s' on the server does not match what was sent "
+			 "(size %llu, ETag %s; expected %zu, %s)",
+			 r->key, (unsigned long long)info.size, info.etag, len, hex);
+		return -EBADMSG;
+	}
+	snprintf(r->etag, sizeof(r->etag), "%s", info.etag);
+	return 0;
+}
+
+struct mpu_arg {
+	const char *key;
+	const char *upload_id;
+};
+
+static int save_mpu_fn(struct store_record *rec, void *arg)
+{
+	const struct mpu_arg *m = arg;
+
+	snprintf(rec->s3_object_key, sizeof(rec->s3_object_key), "%s", m->key);
+	snprintf(rec->upload_id, sizeof(rec->upload_id), "%s", m->upload_id);
+	return 0;
+}
+
+static int upload_multi(struct engine *e, struct s3_client *c, struct unit *u,
+			const struct store_record *rec, const char *name, struct arc_stream *as,
+			unsigned char *first, size_t first_len, size_t part_size, int fd,
+			const struct stat *st, struct s3_meta *meta, size_t nmeta, struct result *r)
+{
+	struct job j = { 0 };
+	struct s3_object_info info;
+	unsigned char *buf = first;
+	size_t len = first_len, cap = 0;
+	uint32_t partno = 0;
+	char want[S3_ETAG_MAX];
+	uint64_t total = 0;
+	int rc = 0;
+
+	j.e = e;
+	j.u = u;
+	pthread_mutex_init(&j.lock, NULL);
+	pthread_cond_init(&j.cond, NULL);
+	s3_client_set_cancel(c, &u->cancel);
+	/* resume the upload a crash or an unmount left behind, from the parts the server has */
+	if (rec->upload_id[0] && rec->s3_object_key[0]) {
+		snprintf(r->key, sizeof(r->key), "%s", rec->s3_object_key);
+		snprintf(r->upload_id, sizeof(r->upload_id), "%s", rec->upload_id);
+		rc = s3_mpu_list_parts(c, r->key, r->upload_id, &j.have, &j.nhave);
+		if (rc) {
+			mgmtfs_info("cannot resume the upload of 'pending/%s' (%s): starting again",
+				    name, s3_client_error(c));
+			s3_mpu_abort(c, r->key, r->upload_id);
+			r->upload_id[0] = '\0';
+			j.have = NULL;
+			j.nhave = 0;
+			rc = 0;
+		} else {
+			mgmtfs_info("resuming the upload of 'pending/%s': the server has %zu parts",
+				    name, j.nhave);
+		}
+	}
+	if (!r->upload_id[0]) {
+		rc = -EEXIST;
+		for (unsigned i = 0; rc == -EEXIST && i < MAX_NAME_TRIES; i++) {
+			object_key(e, name, i, r->fmt, r->key, sizeof(r->key));
+			rc = s3_head_object(c, r->key, &info);
+			rc = rc == 0 ? -EEXIST : rc == -ENOENT ? 0 : rc;
+		}
+		if (!rc)
+			rc = s3_mpu_create(c, r->key, meta, nmeta, r->upload_id);
+		if (rc) {
+			snprintf(r->error, sizeof(r->error), "%s", s3_client_error(c));
+			goto out;
+		}
+		store_part_clear(e->fs->st, u->id);
+		rc = fs_record_update(e->fs, u->id, save_mpu_fn,
+				      &(struct mpu_arg){ r->key, r->upload_id });
+		if (rc)
+			goto out;
+	}
+	j.key = r->key;
+	j.upload_id = r->upload_id;
+	r->resumable = 1;
+
+	for (;;) {
+		struct part_task *t;
+
+		if (len == 0 && partno > 0)
+			break;
+		if (partno % 1024 == 0) {
+			size_t ncap = cap + 1024;
+			void *m, *p;
+
+			pthread_mutex_lock(&j.lock);
+			m = realloc(j.md5s, ncap * sizeof(*j.md5s));
+			if (m)
+				j.md5s = m;
+			p = m ? realloc(j.parts, ncap * sizeof(*j.parts)) : NULL;
+			if (p)
+				j.parts = p;
+			pthread_mutex_unlock(&j.lock);
+			if (!m || !p) {
+				rc = -ENOMEM;
+				break;
+			}
+			cap = ncap;
+		}
+		if (partno >= 10000) {
+			rc = -EFBIG;
+			snprintf(r->error, sizeof(r->error),
+				 "'%s' needs more than 10000 parts: raise part_size", name);
+			break;
+		}
+		t = calloc(1, sizeof(*t));
+		if (!t) {
+			rc = -ENOMEM;
+			break;
+		}
+		t->job = &j;
+		t->partno = ++partno;
+		t->buf = buf;
+		t->len = len;
+		total += len;
+		buf = NULL;
+		pthread_mutex_lock(&j.lock);
+		j.inflight++;
+		pthread_mutex_unlock(&j.lock);
+		pthread_mutex_lock(&e->lock);
+		*e->parts_tail = t;
+		e->parts_tail = &t->next;
+		pthread_cond_signal(&e->part_cond);
+		pthread_mutex_unlock(&e->lock);
+
+		/* at most parts_in_flight parts of this upload in memory and on the wire */
+		pthread_mutex_lock(&j.lock);
+		while (j.inflight >= e->cfg->parts_in_flight && !j.rc)
+			pthread_cond_wait(&j.cond, &j.lock);
+		rc = j.rc;
+		atomic_store(&u->done, arc_stream_bytes_in(as));
+		pthread_mutex_unlock(&j.lock);
+		if (rc)
+			break;
+		buf = malloc(part_size);
+		if (!buf) {
+			rc = -ENOMEM;
+			break;
+		}
+		{
+			ssize_t n = fill(as, buf, part_size);
+
+			if (n < 0) {
+				rc = (int)n;
+				break;
+			}
+			len = (size_t)n;
+		}
+	}
+	free(buf);
+	pthread_mutex_lock(&j.lock);
+	while (j.inflight > 0)
+		pthread_cond_wait(&j.cond, &j.lock);
+	if (!rc)
+		rc = j.rc;
+	if (j.rc && !r->error[0])
+		snprintf(r->error, sizeof(r->error), "%s", j.error);
+	pthread_mutex_unlock(&j.lock);
+	if (rc)
+		goto out;
+	rc = check_unchanged(u, fd, st);
+	if (rc)
+		goto out;
+	r->out = total;
+	/* RGW ignores If-None-Match on complete: check that nobody took the key meanwhile */
+	rc = s3_head_object(c, r->key, &info);
+	if (rc == 0) {
+		rc = -EEXIST;
+		snprintf(r->error, sizeof(r->error),
+			 "the key '%s' was taken during the upload: it will be uploaded again "
+			 "under another name",
+			 r->key);
+		goto out;
+	}
+	if (rc != -ENOENT) {
+		snprintf(r->error, sizeof(r->error), "%s", s3_client_error(c));
+		goto out;
+	}
+	rc = s3_mpu_complete(c, r->key, r->upload_id, j.parts, partno, r->etag);
+	if (!rc)
+		rc = s3_head_object(c, r->key, &info);
+	if (rc) {
+		snprintf(r->error, sizeof(r->error), "%s", s3_client_error(c));
+		goto out;
+	}
+	s3_multipart_etag((const unsigned char(*)[16])j.md5s, partno, want);
+	if (info.size != total || strcmp(info.etag, want)) {
+		rc = -EBADMSG;
+		snprintf(r->error, sizeof(r->error),
+			 "the object '%s' on the server does not match what was sent "
+			 "(size %llu, ETag %s; expected %llu, %s)",
+			 r->key, (unsigned long long)info.size, info.etag,
+			 (unsigned long long)total, want);
+		goto out;
+	}
+	snprintf(r->etag, sizeof(r->etag), "%s", info.etag);
+	r->resumable = 0;
+	r->upload_id[0] = '\0';
+out:
+	s3_client_set_cancel(c, NULL);
+	pthread_mutex_destroy(&j.lock);
+	pthread_cond_destroy(&j.cond);
+	free(j.md5s);
+	free(j.parts);
+	free(j.have);
+	return rc;
+}
+
+/* Upload unit @name (record @rec).  Fills @r; returns 0 or -errno. */
+static int upload_unit(struct engine *e, struct s3_client *c, struct unit *u,
+		       const struct store_record *rec, const char *name, struct result *r)
+{
+	struct arc_opts opts = { 0 };
+	struct arc_stream *as = NULL;
+	struct s3_meta meta[8];
+	unsigned char *buf = NULL;
+	char path[PATH_MAX], sha[65], size_s[32], time_s[32], eb[128];
+	size_t nmeta = 0, part_size;
+	struct stat st;
+	ssize_t n;
+	int fd = -1, rc;
+
+	rc = backing_pending(e, name, path, sizeof(path));
+	if (rc)
+		goto out;
+	fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0 || fstat(fd, &st)) {
+		rc = -errno;
+		snprintf(r->error, sizeof(r->error), "cannot open 'pending/%s': %s", name,
+			 mgmtfs_strerror(rc, eb, sizeof(eb)));
+		goto out;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		rc = -EISDIR;
+		snprintf(r->error, sizeof(r->error),
+			 "'pending/%s' is not a regular file: only files are uploaded", name);
+		goto out;
+	}
+	opts.format = e->cfg->compression;
+	opts.level = e->cfg->level;
+	opts.threads = e->cfg->threads;
+	rc = arc_stream_open_file(&opts, fd, name, &st, &as);
+	if (rc) {
+		snprintf(r->error, sizeof(r->error), "cannot read 'pending/%s': %s", name,
+			 mgmtfs_strerror(rc, eb, sizeof(eb)));
+		goto out;
+	}
+	r->fmt = arc_stream_format(as);
+	atomic_store(&u->total, (uint64_t)st.st_size);
+	part_size = part_size_for(e->cfg, (uint64_t)st.st_size);
+	buf = malloc(part_size);
+	if (!buf) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	n = fill(as, buf, part_size);
+	if (n < 0) {
+		rc = (int)n;
+		goto read_error;
+	}
+	atomic_store(&u->done, arc_stream_bytes_in(as));
+	snprintf(size_s, sizeof(size_s), "%lld", (long long)st.st_size);
+	store_format_time(rec->started_at ? rec->started_at : fs_now(), time_s, sizeof(time_s));
+	put_meta(meta, &nmeta, "mgmt-original-path", rec->original_path);
+	put_meta(meta, &nmeta, "mgmt-original-size", size_s);
+	put_meta(meta, &nmeta, "mgmt-compression", arc_format_name(r->fmt));
+	put_meta(meta, &nmeta, "mgmt-started-at", time_s);
+	if ((size_t)n < part_size) {
+		/* the whole stream fits in one part: its checksum is known before the PUT */
+		arc_stream_sha256(as, sha);
+		snprintf(r->checksum, sizeof(r->checksum), "sha256:%s", sha);
+		put_meta(meta, &nmeta, "mgmt-sha256", sha);
+		r->in = arc_stream_bytes_in(as);
+		r->out = (uint64_t)n;
+		rc = check_unchanged(u, fd, &st);
+		if (rc)
+			goto out;
+		if (find_duplicate(e, c, u->id, r->checksum, r))
+			goto out;
+		rc = upload_single(e, c, u, name, buf, (size_t)n, meta, nmeta, r);
+		if (rc && !r->error[0])
+			snprintf(r->error, sizeof(r->error), "%s", s3_client_error(c));
+	} else {
+		rc = upload_multi(e, c, u, rec, name, as, buf, (size_t)n, part_size, fd, &st, meta,
+				  nmeta, r);
+		buf = NULL;	/* taken by the first part */
+		if (rc == -ENODATA || (rc < 0 && rc != -ECANCELED && !r->error[0]))
+			goto read_error;
+		if (!rc) {
+			arc_stream_sha256(as, sha);
+			snprintf(r->checksum, sizeof(r->checksum), "sha256:%s", sha);
+			r->in = arc_stream_bytes_in(as);
+		}
+	}
+	goto out;
+read_error:
+	if (rc == -ENODATA)
+		rc = -ECANCELED;	/* it shrank while read: changed during the upload */
+	else
+		snprintf(r->error, sizeof(r->error), "cannot read 'pending/%s': %s", name,
+			 mgmtfs_strerror(rc, eb, sizeof(eb)));
+out:
+	free(buf);
+	arc_stream_free(as);
+	if (fd >= 0)
+		close(fd);
+	return rc;
+}
+
+/* ---- finishing ------------------------------------------------------------ */
+
+struct start_arg {
+	uint64_t generation;
+	int ok;
+};
+
+static int start_fn(struct store_record *rec, void *arg)
+{
+	struct start_arg *s = arg;
+
+	if (rec->status != STORE_QUEUED && rec->status != STORE_UPLOADING)
+		return 1;	/* retried or removed meanwhile: nothing to do */
+	s->ok = 1;
+	s->generation = rec->generation;
+	rec->status = STORE_UPLOADING;
+	rec->started_at = fs_now();
+	rec->attempts++;
+	rec->error[0] = '\0';
+	return 0;
+}
+
+struct done_arg {
+	const struct result *r;
+	const char *dest;
+	const char *bucket;
+};
+
+static int done_fn(struct store_record *rec, void *arg)
+{
+	const struct done_arg *d = arg;
+	const struct result *r = d->r;
+
+	rec->status = r->status;
+	snprintf(rec->completed_path, sizeof(rec->completed_path), "completed/%s", d->dest);
+	rec->upload_timestamp = fs_now();
+	snprintf(rec->compression_type, sizeof(rec->compression_type), "%s",
+		 arc_format_name(r->fmt));
+	snprintf(rec->s3_bucket, sizeof(rec->s3_bucket), "%s", d->bucket);
+	snprintf(rec->s3_object_key, sizeof(rec->s3_object_key), "%s", r->key);
+	snprintf(rec->etag, sizeof(rec->etag), "%s", r->etag);
+	rec->original_size = r->in;
+	rec->compressed_size = r->out;
+	snprintf(rec->checksum, sizeof(rec->checksum), "%s", r->checksum);
+	rec->error[0] = '\0';
+	rec->progress_done = rec->progress_total = 0;
+	rec->upload_id[0] = '\0';
+	return 0;
+}
+
+struct fail_arg {
+	const struct result *r;
+	enum store_status status;
+};
+
+static int fail_fn(struct store_record *rec, void *arg)
+{
+	const struct fail_arg *f = arg;
+
+	rec->status = f->status;
+	snprintf(rec->error, sizeof(rec->error), "%s", f->r->error);
+	snprintf(rec->upload_id, sizeof(rec->upload_id), "%s", f->r->upload_id);
+	if (f->r->upload_id[0])
+		snprintf(rec->s3_object_key, sizeof(rec->s3_object_key), "%s", f->r->key);
+	else if (f->status != STORE_COMPLETED)
+		rec->s3_object_key[0] = '\0';
+	return 0;
+}
+
+/* Record the upload, then move the file (the record first: a crash between is repaired). */
+static void finish_ok(struct engine *e, struct unit *u, const char *name, struct result *r)
+{
+	char dest[NAME_MAX + 1], path[PATH_MAX], eb[128];
+	int rc = -EEXIST;
+
+	for (unsigned i = 0; rc == -EEXIST && i < MAX_NAME_TRIES; i++) {
+		numbered_name(name, i, dest, sizeof(dest));
+		snprintf(path, sizeof(path), "%s/%s", e->cfg->completed_dir, dest);
+		if (access(path, F_OK) == 0)
+			continue;
+		rc = fs_record_update(e->fs, u->id, done_fn,
+				      &(struct done_arg){ r, dest, e->cfg->bucket });
+		if (rc)
+			break;
+		rc = fs_move_to_completed(e->fs, name, dest);
+	}
+	store_part_clear(e->fs->st, u->id);
+	if (rc)
+		mgmtfs_err("uploaded 'pending/%s' as '%s' but cannot move it to completed/: %s",
+			   name, r->key, mgmtfs_strerror(rc, eb, sizeof(eb)));
+	else
+		mgmtfs_info("uploaded 'pending/%s' as s3://%s/%s", name, e->cfg->bucket, r->key);
+}
+
+static int final_error(int rc)
+{
+	switch (rc) {
+	case -EACCES:
+	case -ENXIO:
+	case -EINVAL:
+	case -EDQUOT:
+	case -EISDIR:
+	case -EFBIG:
+	case -EPERM:
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+static void run_unit(struct engine *e, struct s3_client *c, struct unit *u)
+{
+	struct store_record *rec = malloc(sizeof(*rec));
+	struct result *r = calloc(1, sizeof(*r));
+	struct start_arg sa = { 0 };
+	char name[NAME_MAX + 1];
+	int rc;
+
+	pthread_mutex_lock(&e->lock);
+	snprintf(name, sizeof(name), "%s", u->name);
+	pthread_mutex_unlock(&e->lock);
+	if (!rec || !r)
+		goto out;
+	rc = fs_record_update(e->fs, u->id, start_fn, &sa);
+	if (rc || !sa.ok || store_get(e->fs->st, u->id, rec))
+		goto out;
+	r->status = STORE_COMPLETED;
+	mgmtfs_debug("uploading 'pending/%s' (record %llu)", name, (unsigned long long)u->id);
+	rc = upload_unit(e, c, u, rec, name, r);
+	if (rc == 0) {
+		finish_ok(e, u, name, r);
+		goto out;
+	}
+	if (rc == -ECANCELED) {
+		int stopping;
+
+		pthread_mutex_lock(&e->lock);
+		stopping = e->stopping;
+		pthread_mutex_unlock(&e->lock);
+		if (stopping) {
+			/* unmounting: keep the multipart upload; the next mount resumes it */
+			fs_record_update(e->fs, u->id, fail_fn,
+					 &(struct fail_arg){ r, STORE_QUEUED });
+			goto out;
+		}
+		/* changed or deleted during the upload: the object must not mix old and new */
+		if (r->upload_id[0])
+			s3_mpu_abort(c, r->key, r->upload_id);
+		r->upload_id[0] = '\0';
+		r->error[0] = '\0';
+		if (u->gone) {
+			forget_record(e, name);
+			goto out;
+		}
+		fs_record_update(e->fs, u->id, fail_fn, &(struct fail_arg){ r, STORE_QUEUED });
+		pthread_mutex_lock(&e->lock);
+		u->again = 1;
+		pthread_mutex_unlock(&e->lock);
+		goto out;
+	}
+	if (rc == -EEXIST) {
+		/* the key was taken just before completing: start again under a new name */
+		if (r->upload_id[0])
+			s3_mpu_abort(c, r->key, r->upload_id);
+		r->upload_id[0] = '\0';
+		r->error[0] = '\0';
+		fs_record_update(e->fs, u->id, fail_fn, &(struct fail_arg){ r, STORE_QUEUED });
+		pthread_mutex_lock(&e->lock);
+		u->again = 1;
+		pthread_mutex_unlock(&e->lock);
+		goto out;
+	}
+	/* failed for good: abort the multipart upload, say why in words */
+	if (r->upload_id[0])
+		s3_mpu_abort(c, r->key, r->upload_id);
+	r->upload_id[0] = '\0';
+	if (!r->error[0]) {
+		char eb[128];
+
+		snprintf(r->error, sizeof(r->error), "upload failed: %s",
+			 mgmtfs_strerror(rc, eb, sizeof(eb)));
+	}
+	mgmtfs_err("upload of 'pending/%s' failed: %s%s", name, r->error,
+		   final_error(rc) ? "" : " (retry with: mgmtfs retry)");
+	fs_record_update(e->fs, u->id, fail_fn, &(struct fail_arg){ r, STORE_FAILED });
+	store_part_clear(e->fs->st, u->id);
+out:
+	free(rec);
+	free(r);
+}
+
+static void *worker_main(void *arg)
+{
+	struct engine *e = arg;
+	struct s3_client *c = NULL;
+
+	if (s3_client_new(&e->s3cfg, &c)) {
+		mgmtfs_err("cannot make an S3 client for an upload worker");
+		return NULL;
+	}
+	for (;;) {
+		struct unit *u;
+
+		pthread_mutex_lock(&e->lock);
+		while (!e->ready && !e->stopping)
+			pthread_cond_wait(&e->work_cond, &e->lock);
+		if (e->stopping) {
+			pthread_mutex_unlock(&e->lock);
+			break;
+		}
+		u = e->ready;
+		e->ready = u->ready_next;
+		if (!e->ready)
+			e->ready_tail = &e->ready;
+		u->ready_next = NULL;
+		u->state = U_RUNNING;
+		atomic_store(&u->cancel, 0);
+		atomic_store(&u->done, 0);
+		atomic_store(&u->total, 0);
+		pthread_mutex_unlock(&e->lock);
+
+		run_unit(e, c, u);
+
+		pthread_mutex_lock(&e->lock);
+		if (u->again && !u->gone && !e->stopping) {
+			u->again = 0;
+			u->state = U_WAITING;
+			u->due = fs_monotonic() + e->cfg->settle;
+			pthread_cond_signal(&e->sched_cond);
+		} else {
+			unit_remove(e, u);
+		}
+		pthread_mutex_unlock(&e->lock);
+	}
+	s3_client_free(c);
+	return NULL;
+}
+
+/* ---- scheduler, rescan and recovery ------------------------------------- */
+
+struct scan_arg {
+	struct engine *e;
+	int recover;
+};
+
+static int rescan_cb(const struct store_record *rec, void *arg)
+{
+	struct scan_arg *s = arg;
+	struct engine *e = s->e;
+	const char *name;
+	char path[PATH_MAX];
+	struct stat st;
+
+	if (strncmp(rec->original_path, "pending/", 8))
+		return 0;
+	name = rec->original_path + 8;
+	if (backing_pending(e, name, path, sizeof(path)) || lstat(path, &st))
+		return 0;	/* handled by recovery: the file is gone */
+	pthread_mutex_lock(&e->lock);
+	if (!unit_find(e, name))
+		unit_schedule(e, name, rec->id, s->recover ? 0 : e->cfg->settle);
+	pthread_mutex_unlock(&e->lock);
+	return 0;
+}
+
+static void rescan(struct engine *e, int recover)
+{
+	struct scan_arg s = { e, recover };
+
+	store_list(e->fs->st, STORE_QUEUED, rescan_cb, &s);
+	if (recover)
+		store_list(e->fs->st, STORE_UPLOADING, rescan_cb, &s);
+}
+
+/* Finish the move of records that were written as completed just before a crash. */
+static int recover_move_cb(const struct store_record *rec, void *arg)
+{
+	struct engine *e = arg;
+	char from[PATH_MAX], to[PATH_MAX];
+	const char *name, *dest;
+	struct stat st;
+	uint64_t newest;
+
+	if (strncmp(rec->original_path, "pending/", 8) ||
+	    strncmp(rec->completed_path, "completed/", 10))
+		return 0;
+	name = rec->original_path + 8;
+	dest = rec->completed_path + 10;
+	snprintf(to, sizeof(to), "%s/%s", e->cfg->completed_dir, dest);
+	if (backing_pending(e, name, from, sizeof(from)) || lstat(from, &st) ||
+	    access(to, F_OK) == 0)
+		return 0;
+	/* only if no newer record took the name and the file is the one uploaded */
+	if (store_find_path(e->fs->st, rec->original_path, &newest) || newest != rec->id ||
+	    (uint64_t)st.st_size != rec->original_size)
+		return 0;
+	if (fs_move_to_completed(e->fs, name, dest) == 0)
+		mgmtfs_info("recovered: moved 'pending/%s' to '%s'", name, rec->completed_path);
+	return 0;
+}
+
+static void recover(struct engine *e)
+{
+	store_list(e->fs->st, STORE_COMPLETED, recover_move_cb, e);
+	store_list(e->fs->st, STORE_DUPLICATE, recover_move_cb, e);
+	rescan(e, 1);
+}
+
+static void poll_hold(struct engine *e)
+{
+	char v[8];
+
+	if (store_meta_get(e->fs->st, "hold", v, sizeof(v)) == 0)
+		atomic_store(&e->fs->held, v[0] == '1');
+}
+
+static void *sched_main(void *arg)
+{
+	struct engine *e = arg;
+	double next_scan = fs_monotonic() + RESCAN_SECONDS;
+
+	for (;;) {
+		char due_names[64][NAME_MAX + 1];
+		int ndue = 0;
+		double now = fs_monotonic(), wake = next_scan;
+		struct unit *u;
+		struct timespec ts;
+
+		if (now >= next_scan) {
+			poll_hold(e);
+			rescan(e, 0);
+			next_scan = now + RESCAN_SECONDS;
+		}
+		pthread_mutex_lock(&e->lock);
+		if (e->stopping) {
+			pthread_mutex_unlock(&e->lock);
+			break;
+		}
+		for (u = e->units; u; u = u->next) {
+			if (u->state != U_WAITING)
+				continue;
+			if (u->due <= now && !atomic_load(&e->fs->held) && ndue < 64)
+				snprintf(due_names[ndue++], NAME_MAX + 1, "%s", u->name);
+			else if (u->due < wake)
+				wake = u->due;
+		}
+		pthread_mutex_unlock(&e->lock);
+
+		/* writers are counted under fs->lock, which comes before e->lock */
+		for (int i = 0; i < ndue; i++) {
+			int busy = fs_unit_writers(e->fs, due_names[i]) > 0;
+
+			pthread_mutex_lock(&e->lock);
+			u = unit_find(e, due_names[i]);
+			if (u && u->state == U_WAITING) {
+				if (busy) {
+					u->due = fs_monotonic() + 3600; /* the last release requeues */
+				} else {
+					u->state = U_READY;
+					u->ready_next = NULL;
+					*e->ready_tail = u;
+					e->ready_tail = &u->ready_next;
+					pthread_cond_signal(&e->work_cond);
+				}
+			}
+			pthread_mutex_unlock(&e->lock);
+		}
+		if (ndue)
+			continue;
+		pthread_mutex_lock(&e->lock);
+		if (!e->stopping) {
+			double d = wake - fs_monotonic();
+
+			if (atomic_load(&e->fs->held) && d > 0.5)
+				d = 0.5;
+			if (d > 0) {
+				clock_gettime(CLOCK_REALTIME, &ts);
+				ts.tv_sec += (time_t)d;
+				ts.tv_nsec += (long)((d - floor(d)) * 1e9);
+				if (ts.tv_nsec >= 1000000000L) {
+					ts.tv_sec++;
+					ts.tv_nsec -= 1000000000L;
+				}
+				pthread_cond_timedwait(&e->sched_cond, &e->lock, &ts);
+			}
+		}
+		pthread_mutex_unlock(&e->lock);
+	}
+	return NULL;
+}
+
+/* ---- lifecycle ------------------------------------------------------------ */
+
+int engine_new(struct fs *fs, struct engine **out)
+{
+	struct engine *e = calloc(1, sizeof(*e));
+	const struct mgmtfs_config *cfg = fs->cfg;
+
+	if (!e)
+		return -ENOMEM;
+	e->fs = fs;
+	e->cfg = cfg;
+	e->s3cfg.endpoint = cfg->endpoint;
+	e->s3cfg.region = cfg->region;
+	e->s3cfg.bucket = cfg->bucket;
+	e->s3cfg.access_key = cfg->access_key;
+	e->s3cfg.secret_key = cfg->secret_key;
+	e->s3cfg.session_token = cfg->session_token;
+	e->s3cfg.path_style = cfg->path_style;
+	e->s3cfg.insecure = cfg->insecure;
+	e->s3cfg.max_attempts = cfg->max_attempts;
+	e->s3cfg.retry_max_seconds = cfg->retry_max_seconds;
+	e->s3cfg.stall_seconds = cfg->stall_seconds;
+	pthread_mutex_init(&e->lock, NULL);
+	pthread_cond_init(&e->sched_cond, NULL);
+	pthread_cond_init(&e->work_cond, NULL);
+	pthread_cond_init(&e->part_cond, NULL);
+	e->ready_tail = &e->ready;
+	e->parts_tail = &e->parts;
+	atomic_store(&fs->held, cfg->hold);
+	*out = e;
+	return 0;
+}
+
+int engine_start(struct engine *e)
+{
+	int rc = 0;
+
+	if (e->cfg->hold)
+		store_meta_put(e->fs->st, "hold", "1");
+	else
+		poll_hold(e);
+	recover(e);
+	e->nworkers = e->cfg->uploads;
+	e->nsenders = e->cfg->uploads * e->cfg->parts_in_flight;
+	e->workers = calloc((size_t)e->nworkers, sizeof(*e->workers));
+	e->senders = calloc((size_t)e->nsenders, sizeof(*e->senders));
+	if (!e->workers || !e->senders)
+		return -ENOMEM;
+	for (int i = 0; i < e->nworkers && !rc; i++)
+		rc = -pthread_create(&e->workers[i], NULL, worker_main, e);
+	for (int i = 0; i < e->nsenders && !rc; i++)
+		rc = -pthread_create(&e->senders[i], NULL, sender_main, e);
+	if (!rc)
+		rc = -pthread_create(&e->sched, NULL, sched_main, e);
+	e->started = rc == 0;
+	return rc;
+}
+
+void engine_stop(struct engine *e)
+{
+	struct unit *u;
+
+	if (!e || !e->started)
+		return;
+	pthread_mutex_lock(&e->lock);
+	e->stopping = 1;
+	for (u = e->units; u; u = u->next)
+		if (u->state == U_RUNNING)
+			atomic_store(&u->cancel, 1);
+	pthread_cond_broadcast(&e->sched_cond);
+	pthread_cond_broadcast(&e->work_cond);
+	pthread_mutex_unlock(&e->lock);
+	pthread_join(e->sched, NULL);
+	for (int i = 0; i < e->nworkers; i++)
+		pthread_join(e->workers[i], NULL);
+	/* the workers waited for their parts: the senders' queue is empty now */
+	pthread_mutex_lock(&e->lock);
+	pthread_cond_broadcast(&e->part_cond);
+	pthread_mutex_unlock(&e->lock);
+	for (int i = 0; i < e->nsenders; i++)
+		pthread_join(e->senders[i], NULL);
+	e->started = 0;
+}
+
+void engine_free(struct engine *e)
+{
+	if (!e)
+		return;
+	engine_stop(e);
+	while (e->units)
+		unit_remove(e, e->units);
+	free(e->workers);
+	free(e->senders);
+	pthread_mutex_destroy(&e->lock);
+	pthread_cond_destroy(&e->sched_cond);
+	pthread_cond_destroy(&e->work_cond);
+	pthread_cond_destroy(&e->part_cond);
+	free(e);
+}

@@ -1,0 +1,110 @@
+/*
+ * fs_i.h - what the files of fs/ share: the filesystem state (struct fs),
+ * the inode table, and the upload engine's interface.
+ *
+ * Lock order: fs->lock (inode table) before engine->lock; fs->rec_lock
+ * (read-modify-write of records) is taken alone or before engine->lock.
+ * No lock is ever held across a network call or a kernel notification.
+ */
+#ifndef MGMTFS_FS_I_H
+#define MGMTFS_FS_I_H
+
+#define FUSE_USE_VERSION FUSE_MAKE_VERSION(3, 14)
+
+#include <fuse_lowlevel.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "fs/config.h"
+#include "store/store.h"
+
+enum fs_area {
+	AREA_ROOT = 0,
+	AREA_PENDING,
+	AREA_COMPLETED,
+};
+
+/* One entry the kernel knows (it holds nlookup references). */
+struct node {
+	fuse_ino_t ino;
+	struct node *parent;	/* NULL for the three roots */
+	char *name;		/* owned; "" for the roots */
+	enum fs_area area;
+	uint64_t nlookup;	/* protected by fs->lock */
+	int writers;		/* handles open for writing, protected by fs->lock */
+	int pinned;		/* roots are never forgotten */
+	struct node *ino_next;	/* hash chains, protected by fs->lock */
+	struct node *name_next;
+};
+
+struct engine;
+
+struct fs {
+	const struct mgmtfs_config *cfg;	/* borrowed, immutable */
+	struct store *st;
+	struct engine *eng;
+	struct fuse_session *se;
+	int area_fd[3];		/* O_PATH|O_DIRECTORY fds: -1, pending, completed */
+	pthread_mutex_t lock;	/* the inode table */
+	pthread_mutex_t rec_lock; /* read-modify-write of records */
+	struct node *root, *pending, *completed;
+	struct node **ino_hash;
+	struct node **name_hash;
+	size_t hash_size;
+	fuse_ino_t next_ino;
+	atomic_int held;	/* hold: no upload starts */
+};
+
+/* ops.c */
+extern const struct fuse_lowlevel_ops fs_ops;
+int fs_init_state(struct fs *fs, const struct mgmtfs_config *cfg, struct store *st);
+void fs_release_state(struct fs *fs);
+
+/*
+ * Move the unit pending/@name to completed/@dest on disk (no replace) and
+ * tell the kernel.  Called by upload workers.  Returns 0, -EEXIST when
+ * @dest is taken, -ENOENT when the unit is gone, or -errno.
+ */
+int fs_move_to_completed(struct fs *fs, const char *name, const char *dest);
+
+/* Number of handles open for writing on anything of unit @name. */
+int fs_unit_writers(struct fs *fs, const char *name);
+
+/* engine.c */
+int engine_new(struct fs *fs, struct engine **out);
+int engine_start(struct engine *e);
+void engine_stop(struct engine *e);	/* joins every thread; in-flight work stays queued */
+void engine_free(struct engine *e);
+
+/*
+ * A unit (top-level entry of pending/) was closed after writing, renamed
+ * in, truncated or retried: write its queue entry to the store now (before
+ * returning) and start it after settle.  Never blocks on the network.
+ * Returns 0 or -errno.
+ */
+int engine_unit_changed(struct engine *e, const char *name);
+
+/*
+ * The unit is being modified (write, truncate, open for writing, rename,
+ * unlink): cancel its upload if one runs.  @gone: the unit left pending/
+ * (unlinked or renamed away): forget its queue entry.
+ */
+void engine_unit_touched(struct engine *e, const char *name, int gone);
+
+/* Bytes done / total of the unit's upload in flight; 0 or -ENOENT. */
+int engine_progress(struct engine *e, uint64_t id, uint64_t *done, uint64_t *total);
+
+/* Read-modify-write a record under fs->rec_lock. @fn returns 0 to write. */
+int fs_record_update(struct fs *fs, uint64_t id, int (*fn)(struct store_record *rec, void *arg),
+		     void *arg);
+
+/* cli.c */
+int cli_main(int argc, char **argv);
+int cli_is_command(const char *arg);
+
+/* util */
+int64_t fs_now(void);
+double fs_monotonic(void);
+
+#endif

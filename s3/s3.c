@@ -1,0 +1,1939 @@
+/*
+ * s3.c - the S3 client: requests signed by hand (sigv4.c), sent with one
+ * reused libcurl easy handle, retried with exponential backoff and full
+ * jitter.
+ *
+ * DESIGN
+ *
+ * Every public call describes its request in a struct s3_req (method, key,
+ * query, extra signed headers, body) and hands it to s3_call(), which runs
+ * attempts until one succeeds, a verdict says retrying cannot help, the
+ * attempt budget (max_attempts) or the sleep budget (retry_max_seconds) is
+ * spent, or the cancel flag rises.  Each attempt resets the easy handle
+ * (curl_easy_reset() keeps the connection cache, so keep-alive survives),
+ * re-signs with the current time, and sets every header itself: RGW, like
+ * AWS, wants x-amz-content-sha256 on every request, which libcurl's
+ * CURLOPT_AWS_SIGV4 does not send, so that option is not used.
+ *
+ * A response is judged in one place: transport errors by curl_verdict(),
+ * HTTP errors by s3_http_verdict() (util.c) on the status and the <Code>
+ * of the XML error body, and 2xx responses by the call's own check (the
+ * ETag of a PUT, the <Error> inside a 200 from CompleteMultipartUpload).
+ * The error text is built next to the verdict, in words a user can act on;
+ * the secret key and the session token never enter it (and a last scrub in
+ * err_finish() makes sure).
+ *
+ * Bodies live in memory, so an attempt simply sends them again; GET
+ * streams to a callback and resumes with Range + If-Match after a cut.
+ *
+ * Threads: a client is used by one thread at a time; nothing here is
+ * shared between clients except libcurl's and OpenSSL's global state.
+ */
+#include "s3/s3.h"
+#include "s3/s3_i.h"
+#include "s3/sigv4.h"
+#include "common/log.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include <curl/curl.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+
+#define S3_BACKOFF_CAP	 20.0			/* longest single backoff sleep, seconds */
+#define S3_MAX_RESPONSE	 ((size_t)8 << 20)	/* XML responses we are willing to hold */
+#define S3_MAX_HEADERS	 64
+#define S3_KEY_MAX	 1024			/* S3's limit on key length */
+#define S3_ESC_MAX	 256			/* a key quoted in an error message */
+
+/* The secrets, in one place; wiped with OPENSSL_cleanse() before free. */
+struct s3_secrets {
+	char *secret_key;	/* owned */
+	char *session_token;	/* owned, NULL if none */
+};
+
+struct s3_client {
+	CURL *easy;		/* owned; reused so connections stay alive */
+	char *endpoint;		/* owned: "http://127.0.0.1:7480", no trailing '/' */
+	char *url_base;		/* owned: scheme://authority the requests go to */
+	char *host_hdr;		/* owned: the Host header, signed */
+	char *path_prefix;	/* owned: "/bucket" path-style, "" virtual-hosted */
+	char *region;		/* owned */
+	char *bucket;		/* owned */
+	char *access_key;	/* owned; not a secret, shown in errors */
+	char *cainfo;		/* owned: $AWS_CA_BUNDLE at creation, NULL if unset */
+	struct s3_secrets sec;
+	int https;
+	int insecure;
+	int max_attempts;
+	double retry_max_seconds;
+	double retry_base_seconds;
+	long connect_timeout;
+	long stall_seconds;
+	const atomic_int *cancel;	/* borrowed */
+	void (*progress_cb)(void *arg, uint64_t sent);
+	void *progress_arg;
+	uint64_t rng;			/* xorshift64* state for the jitter */
+	long http_status;
+	char err[S3_ERROR_MAX];		/* what s3_client_error() shows */
+	char err_what[S3_ERROR_MAX];	/* what failed, for the current call */
+	char err_hint[256];		/* what to do about it, may be "" */
+	char curl_err[CURL_ERROR_SIZE];
+};
+
+struct s3_resp;
+
+/* One request as a call describes it; every pointer borrowed for the call. */
+struct s3_req {
+	const char *method;		/* "GET", "PUT", "POST", "DELETE", "HEAD" */
+	const char *key;		/* NULL: the bucket itself */
+	const struct sigv4_kv *query;
+	size_t nquery;
+	const struct sigv4_kv *hdrs;	/* extra headers, all signed */
+	size_t nhdrs;
+	const void *body;
+	size_t len;
+	char sha256[SIGV4_HEX_LEN];	/* of the body */
+	/* GET only: 2xx bodies go here instead of into the response buffer */
+	int (*sink)(const void *data, size_t len, void *arg);
+	void *sink_arg;
+	/* 2xx check: returns 0 or sets the verdict and c->err_what */
+	int (*check)(struct s3_client *c, const struct s3_req *rq, struct s3_resp *rs,
+		     struct s3_verdict *v);
+	void *check_arg;
+};
+
+/* What came back, for the current attempt (and a few fields across attempts). */
+struct s3_resp {
+	long status;
+	char reason[64];
+	char etag[S3_ETAG_MAX];
+	uint64_t content_length;
+	int have_length;
+	struct s3_buf body;		/* error and XML bodies; capped */
+	char code[64];			/* <Code> of an error body, "" if none */
+	char message[256];		/* <Message>, "" if none */
+	/* across attempts */
+	int failed_before;		/* an earlier attempt of this call failed */
+	uint64_t delivered;		/* GET: bytes given to the sink so far */
+	char first_etag[S3_ETAG_MAX];	/* GET: ETag of the first answer, for If-Match */
+	uint64_t skip;			/* GET: bytes to drop from a 200 that ignored Range */
+	int sink_rc;			/* the sink's refusal, 0 if none */
+};
+
+/* Per attempt: the upload cursor and the pointers callbacks need. */
+struct s3_attempt {
+	struct s3_client *c;
+	const struct s3_req *rq;
+	struct s3_resp *rs;
+	size_t off;			/* bytes of rq->body handed to curl */
+	curl_off_t last_progress;
+};
+
+/* ------------------------------------------------------------------ */
+/* errors */
+
+static void err_what(struct s3_client *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void err_what(struct s3_client *c, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(c->err_what, sizeof(c->err_what), fmt, ap);
+	va_end(ap);
+}
+
+static void err_hint(struct s3_client *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void err_hint(struct s3_client *c, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(c->err_hint, sizeof(c->err_hint), fmt, ap);
+	va_end(ap);
+}
+
+/* Blank out every copy of @secret in @s (defence in depth: it is never put there). */
+static void scrub(char *s, const char *secret)
+{
+	size_t n;
+	char *p;
+
+	if (!secret || !*secret)
+		return;
+	n = strlen(secret);
+	while ((p = strstr(s, secret)))
+		memset(p, '*', n);
+}
+
+/* Compose c->err from what failed, the retry summary and the hint. */
+static void err_finish(struct s3_client *c, int attempts, double elapsed, int gave_up)
+{
+	int n;
+
+	n = snprintf(c->err, sizeof(c->err), "%s", c->err_what);
+	if (gave_up && n >= 0 && (size_t)n < sizeof(c->err))
+		n += snprintf(c->err + n, sizeof(c->err) - (size_t)n,
+			      ": gave up after %d attempts in %.0f s", attempts, elapsed);
+	if (c->err_hint[0] && n >= 0 && (size_t)n < sizeof(c->err))
+		snprintf(c->err + n, sizeof(c->err) - (size_t)n, ": %s", c->err_hint);
+	scrub(c->err, c->sec.secret_key);
+	scrub(c->err, c->sec.session_token);
+}
+
+/* A local failure (bad argument, no memory) with its text. */
+static int fail_local(struct s3_client *c, int rc, const char *what)
+{
+	char eb[128];
+
+	c->err_hint[0] = '\0';
+	err_what(c, "%s: %s", what, mgmtfs_strerror(rc, eb, sizeof(eb)));
+	err_finish(c, 0, 0, 0);
+	return rc;
+}
+
+static const char *esc(const char *s, char *buf, size_t len)
+{
+	return mgmtfs_escape(s ? s : "", buf, len);
+}
+
+/* ------------------------------------------------------------------ */
+/* small helpers */
+
+static double now_mono(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int cancelled(const struct s3_client *c)
+{
+	return c->cancel && atomic_load(c->cancel);
+}
+
+/* Uniform in [0, 1). */
+static double rand01(struct s3_client *c)
+{
+	uint64_t x = c->rng;
+
+	x ^= x >> 12;
+	x ^= x << 25;
+	x ^= x >> 27;
+	c->rng = x;
+	return (double)((x * 0x2545F4914F6CDD1DULL) >> 11) / 9007199254740992.0;
+}
+
+/* Sleep @secs in short slices; returns -ECANCELED at once when the flag rises. */
+static int sleep_cancellable(struct s3_client *c, double secs)
+{
+	double end = now_mono() + secs;
+
+	for (;;) {
+		double left = end - now_mono();
+		struct timespec ts;
+
+		if (cancelled(c))
+			return -ECANCELED;
+		if (left <= 0)
+			return 0;
+		if (left > 0.02)
+			left = 0.02;
+		ts.tv_sec = 0;
+		ts.tv_nsec = (long)(left * 1e9);
+		nanosleep(&ts, NULL);
+	}
+}
+
+static int dup_str(const char *in, char **out)
+{
+	*out = strdup(in);
+	return *out ? 0 : -ENOMEM;
+}
+
+static void free_secret(char *s)
+{
+	if (s) {
+		OPENSSL_cleanse(s, strlen(s));
+		free(s);
+	}
+}
+
+/* Strip quotes (and XML's &quot; already decoded) and blanks around an ETag. */
+static void etag_clean(const char *in, size_t len, char *out)
+{
+	while (len && (*in == '"' || *in == ' ' || *in == '\t')) {
+		in++;
+		len--;
+	}
+	while (len && (in[len - 1] == '"' || in[len - 1] == ' ' || in[len - 1] == '\t' ||
+		       in[len - 1] == '\r' || in[len - 1] == '\n'))
+		len--;
+	if (len >= S3_ETAG_MAX)
+		len = S3_ETAG_MAX - 1;
+	memcpy(out, in, len);
+	out[len] = '\0';
+}
+
+static int base64_md5(const unsigned char md5[16], char out[32])
+{
+	return EVP_EncodeBlock((unsigned char *)out, md5, 16) == 24 ? 0 : -EIO;
+}
+
+/* ------------------------------------------------------------------ */
+/* headers we send: a small owned list of (name, value) */
+
+struct hdrset {
+	struct sigv4_kv kv[S3_MAX_HEADERS];
+	char *own[2 * S3_MAX_HEADERS];	/* owned copies */
+	size_t n, nown;
+};
+
+static void hdrset_free(struct hdrset *h)
+{
+	size_t i;
+
+	for (i = 0; i < h->nown; i++)
+		free(h->own[i]);
+	h->n = 0;
+	h->nown = 0;
+}
+
+static int hdrset_add(struct hdrset *h, const char *name, const char *value)
+{
+	char *n = NULL, *v = NULL;
+
+	if (h->n >= S3_MAX_HEADERS)
+		return -E2BIG;
+	n = strdup(name);
+	v = strdup(value);
+	if (!n || !v) {
+		free(n);
+		free(v);
+		return -ENOMEM;
+	}
+	h->own[h->nown++] = n;
+	h->own[h->nown++] = v;
+	h->kv[h->n].name = n;
+	h->kv[h->n].value = v;
+	h->n++;
+	return 0;
+}
+
+/*
+ * x-amz-meta-NAME headers.  Names must be lowercase tokens; values are sent
+ * as printable ASCII, everything else ('%' itself, control bytes, bytes
+ * >= 0x7f, and spaces at either end, which HTTP would trim) as %XX, so the
+ * value reads back exactly after percent-decoding.
+ */
+static int hdrset_add_meta(struct hdrset *h, const struct s3_meta *meta, size_t nmeta)
+{
+	static const char digits[] = "0123456789ABCDEF";
+	struct s3_buf name, val;
+	size_t i, j, vl;
+	int rc = 0;
+
+	s3_buf_init(&name, 256);
+	s3_buf_init(&val, 8192);
+	for (i = 0; i < nmeta && !rc; i++) {
+		const char *p;
+
+		if (!meta[i].name || !*meta[i].name || !meta[i].value)
+			return -EINVAL;
+		for (p = meta[i].name; *p; p++) {
+			if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '-' ||
+			      *p == '_'))
+				return -EINVAL;
+		}
+		rc = s3_buf_addf(&name, "x-amz-meta-%s", meta[i].name);
+		vl = strlen(meta[i].value);
+		for (j = 0; j < vl && !rc; j++) {
+			unsigned char ch = (unsigned char)meta[i].value[j];
+			int edge = ch == ' ' && (j == 0 || j == vl - 1);
+
+			if (ch < 0x20 || ch >= 0x7f || ch == '%' || edge) {
+				char e[3] = { '%', digits[ch >> 4], digits[ch & 15] };
+
+				rc = s3_buf_add(&val, e, 3);
+			} else {
+				rc = s3_buf_add(&val, &ch, 1);
+			}
+		}
+		if (!rc)
+			rc = hdrset_add(h, name.p, val.p ? val.p : "");
+		s3_buf_free(&name);
+		s3_buf_free(&val);
+	}
+	return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* curl callbacks */
+
+static size_t on_read(char *buf, size_t size, size_t nitems, void *arg)
+{
+	struct s3_attempt *at = arg;
+	size_t room = size * nitems, left = at->rq->len - at->off;
+
+	if (cancelled(at->c))
+		return CURL_READFUNC_ABORT;
+	if (room > left)
+		room = left;
+	memcpy(buf, (const char *)at->rq->body + at->off, room);
+	at->off += room;
+	return room;
+}
+
+static int on_seek(void *arg, curl_off_t offset, int origin)
+{
+	struct s3_attempt *at = arg;
+
+	if (origin != SEEK_SET || offset < 0 || (uint64_t)offset > at->rq->len)
+		return CURL_SEEKFUNC_FAIL;
+	at->off = (size_t)offset;
+	return CURL_SEEKFUNC_OK;
+}
+
+static int on_xfer(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+		   curl_off_t ulnow)
+{
+	struct s3_attempt *at = arg;
+	struct s3_client *c = at->c;
+
+	if (cancelled(c))
+		return 1;	/* CURLE_ABORTED_BY_CALLBACK */
+	if (c->progress_cb && at->rq->len && ulnow != at->last_progress) {
+		at->last_progress = ulnow;
+		c->progress_cb(c->progress_arg, (uint64_t)ulnow);
+	}
+	return 0;
+}
+
+static size_t on_header(char *buf, size_t size, size_t nitems, void *arg)
+{
+	struct s3_attempt *at = arg;
+	struct s3_resp *rs = at->rs;
+	size_t len = size * nitems, nl;
+	const char *colon, *v, *e = buf + len;
+
+	if (len > 5 && memcmp(buf, "HTTP/", 5) == 0) {
+		const char *p = memchr(buf, ' ', len);
+		long st = 0;
+
+		/* a new response (after a 100 Continue, say): forget the last one */
+		rs->etag[0] = '\0';
+		rs->reason[0] = '\0';
+		rs->have_length = 0;
+		rs->content_length = 0;
+		while (p && p < e && *p == ' ')
+			p++;
+		while (p && p < e && *p >= '0' && *p <= '9')
+			st = st * 10 + (*p++ - '0');
+		rs->status = st;
+		rs->skip = st == 200 ? rs->delivered : 0;
+		while (p && p < e && *p == ' ')
+			p++;
+		if (p) {
+			nl = (size_t)(e - p);
+			while (nl && (p[nl - 1] == '\r' || p[nl - 1] == '\n'))
+				nl--;
+			if (nl >= sizeof(rs->reason))
+				nl = sizeof(rs->reason) - 1;
+			memcpy(rs->reason, p, nl);
+			rs->reason[nl] = '\0';
+		}
+		return len;
+	}
+	colon = memchr(buf, ':', len);
+	if (!colon)
+		return len;
+	nl = (size_t)(colon - buf);
+	v = colon + 1;
+	while (v < e && (*v == ' ' || *v == '\t'))
+		v++;
+	if (nl == 4 && strncasecmp(buf, "etag", 4) == 0) {
+		etag_clean(v, (size_t)(e - v), rs->etag);
+		if (at->rq->sink && rs->status >= 200 && rs->status < 300 && !rs->first_etag[0])
+			memcpy(rs->first_etag, rs->etag, sizeof(rs->first_etag));
+	} else if (nl == 14 && strncasecmp(buf, "content-length", 14) == 0) {
+		uint64_t n = 0;
+
+		for (; v < e && *v >= '0' && *v <= '9'; v++)
+			n = n * 10 + (uint64_t)(*v - '0');
+		rs->content_length = n;
+		rs->have_length = 1;
+	}
+	return len;
+}
+
+static size_t on_write(char *ptr, size_t size, size_t nmemb, void *arg)
+{
+	struct s3_attempt *at = arg;
+	const struct s3_req *rq = at->rq;
+	struct s3_resp *rs = at->rs;
+	size_t n = size * nmemb, m = n;
+	const char *p = ptr;
+
+	if (rq->sink && rs->status >= 200 && rs->status < 300) {
+		if (rs->skip) {
+			size_t drop = rs->skip < m ? (size_t)rs->skip : m;
+
+			p += drop;
+			m -= drop;
+			rs->skip -= drop;
+		}
+		if (m) {
+			int r = rq->sink(p, m, rq->sink_arg);
+
+			if (r) {
+				rs->sink_rc = r < 0 ? r : -ECANCELED;
+				return 0;
+			}
+			rs->delivered += m;
+		}
+		return n;
+	}
+	if (s3_buf_add(&rs->body, ptr, n))
+		return 0;
+	return n;
+}
+
+/* ------------------------------------------------------------------ */
+/* one attempt */
+
+static int build_path(struct s3_client *c, const struct s3_req *rq, struct s3_buf *b)
+{
+	int rc;
+
+	rc = s3_buf_adds(b, c->path_prefix);
+	if (!rc && rq->key)
+		rc = s3_buf_addf(b, "/%s", rq->key);
+	if (!rc && !b->len)
+		rc = s3_buf_adds(b, "/");
+	return rc;
+}
+
+static int build_headers(struct s3_client *c, const struct s3_req *rq, const struct s3_resp *rs,
+			 const char *path, struct curl_slist **out)
+{
+	struct sigv4_kv kv[S3_MAX_HEADERS + 6];
+	char range[48], quoted[S3_ETAG_MAX + 2];
+	struct curl_slist *list = NULL, *nl;
+	struct sigv4_request sr;
+	char date[SIGV4_DATE_LEN];
+	char *auth = NULL;
+	struct s3_buf line;
+	size_t n = 0, i;
+	int rc;
+
+	s3_buf_init(&line, 16384);
+	if (rq->nhdrs > S3_MAX_HEADERS)
+		return -E2BIG;
+	rc = sigv4_amz_date((long long)time(NULL), date);
+	if (rc)
+		return rc;
+	kv[n].name = "host";
+	kv[n++].value = c->host_hdr;
+	kv[n].name = "x-amz-date";
+	kv[n++].value = date;
+	kv[n].name = "x-amz-content-sha256";
+	kv[n++].value = rq->sha256;
+	if (c->sec.session_token) {
+		kv[n].name = "x-amz-security-token";
+		kv[n++].value = c->sec.session_token;
+	}
+	for (i = 0; i < rq->nhdrs; i++)
+		kv[n++] = rq->hdrs[i];
+	/*
+	 * A GET cut after some bytes reached the sink resumes where it
+	 * stopped, and only if the object is still the one we started on.
+	 */
+	if (rq->sink && rs->delivered) {
+		snprintf(range, sizeof(range), "bytes=%" PRIu64 "-", rs->delivered);
+		kv[n].name = "range";
+		kv[n++].value = range;
+		if (rs->first_etag[0]) {
+			snprintf(quoted, sizeof(quoted), "\"%s\"", rs->first_etag);
+			kv[n].name = "if-match";
+			kv[n++].value = quoted;
+		}
+	}
+
+	memset(&sr, 0, sizeof(sr));
+	sr.method = rq->method;
+	sr.path = path;
+	sr.query = rq->query;
+	sr.nquery = rq->nquery;
+	sr.headers = kv;
+	sr.nheaders = n;
+	sr.payload_hash = rq->sha256;
+	sr.amz_date = date;
+	sr.region = c->region;
+	rc = sigv4_sign(&sr, c->access_key, c->sec.secret_key, &auth);
+	if (rc)
+		goto out;
+
+	for (i = 0; i <= n + 3 && !rc; i++) {
+		if (i < n && kv[i].value[0])
+			rc = s3_buf_addf(&line, "%s: %s", kv[i].name, kv[i].value);
+		else if (i < n)
+			rc = s3_buf_addf(&line, "%s;", kv[i].name);	/* curl's empty header */
+		else if (i == n)
+			rc = s3_buf_addf(&line, "Authorization: %s", auth);
+		else if (i == n + 1)
+			rc = s3_buf_adds(&line, "Expect:");	/* no 100-continue round trip */
+		else if (i == n + 2)
+			rc = s3_buf_adds(&line, "Accept:");
+		else
+			rc = s3_buf_adds(&line, "User-Agent: mgmtfs/" MGMTFS_VERSION);
+		if (rc)
+			break;
+		nl = curl_slist_append(list, line.p);
+		OPENSSL_cleanse(line.p, line.len);
+		line.len = 0;
+		if (!nl) {
+			rc = -ENOMEM;
+			break;
+		}
+		list = nl;
+	}
+out:
+	if (line.p)
+		OPENSSL_cleanse(line.p, line.cap);
+	s3_buf_free(&line);
+	free_secret(auth);
+	if (rc) {
+		for (nl = list; nl; nl = nl->next)
+			OPENSSL_cleanse(nl->data, strlen(nl->data));
+		curl_slist_free_all(list);
+		return rc;
+	}
+	*out = list;
+	return 0;
+}
+
+/* Parse <Code> and <Message> of an XML error body. */
+static void parse_error_body(struct s3_resp *rs)
+{
+	const char *a = NULL, *z = NULL;
+
+	rs->code[0] = '\0';
+	rs->message[0] = '\0';
+	if (!rs->body.p)
+		return;
+	if (s3_xml_block(rs->body.p, rs->body.p + rs->body.len, "Error", &a, &z))
+		return;
+	if (s3_xml_tag(a, z, "Code", rs->code, sizeof(rs->code), NULL) < 0)
+		rs->code[0] = '\0';
+	if (s3_xml_tag(a, z, "Message", rs->message, sizeof(rs->message), NULL) < 0)
+		rs->message[0] = '\0';
+}
+
+static struct s3_verdict curl_verdict(struct s3_client *c, CURLcode cc, struct s3_resp *rs)
+{
+	struct s3_verdict v = { -EIO, 1 };
+	const char *why = c->curl_err[0] ? c->curl_err : curl_easy_strerror(cc);
+	char eb[128];
+	long oserr = 0;
+
+	c->err_hint[0] = '\0';
+	switch (cc) {
+	case CURLE_ABORTED_BY_CALLBACK:
+		v.rc = -ECANCELED;
+		v.retry = 0;
+		err_what(c, "cancelled");
+		return v;
+	case CURLE_WRITE_ERROR:
+		v.retry = 0;
+		if (rs->sink_rc) {
+			v.rc = rs->sink_rc;
+			err_what(c, "the reader of the download refused it: %s",
+				 mgmtfs_strerror(v.rc, eb, sizeof(eb)));
+		} else {
+			v.rc = -EBADMSG;
+			err_what(c, "the response from %s is too large", c->endpoint);
+		}
+		return v;
+	case CURLE_OUT_OF_MEMORY:
+		v.rc = -ENOMEM;
+		v.retry = 0;
+		err_what(c, "out of memory talking to %s", c->endpoint);
+		return v;
+	case CURLE_COULDNT_RESOLVE_HOST:
+	case CURLE_COULDNT_RESOLVE_PROXY:
+		v.rc = -EHOSTUNREACH;
+		err_what(c, "cannot resolve the host of %s", c->endpoint);
+		err_hint(c, "check the endpoint URL and the DNS");
+		return v;
+	case CURLE_COULDNT_CONNECT:
+		v.rc = -EHOSTUNREACH;
+		if (curl_easy_getinfo(c->easy, CURLINFO_OS_ERRNO, &oserr) == CURLE_OK && oserr > 0)
+			why = mgmtfs_strerror((int)oserr, eb, sizeof(eb));
+		else
+			why = curl_easy_strerror(cc);
+		err_what(c, "cannot connect to %s: %s", c->endpoint, why);
+		err_hint(c, "check the endpoint and that the server runs");
+		return v;
+	case CURLE_OPERATION_TIMEDOUT:
+		v.rc = -ETIMEDOUT;
+		err_what(c, "timed out talking to %s (%s)", c->endpoint, why);
+		err_hint(c, "check the network and that the server runs");
+		return v;
+	case CURLE_PEER_FAILED_VERIFICATION:
+	case CURLE_SSL_CACERT_BADFILE:
+	case CURLE_SSL_CERTPROBLEM:
+	case CURLE_SSL_ISSUER_ERROR:
+		v.retry = 0;
+		err_what(c, "the TLS certificate of %s is not trusted (%s)", c->endpoint, why);
+		err_hint(c, "set AWS_CA_BUNDLE to the CA file, or fix the endpoint name");
+		return v;
+	case CURLE_URL_MALFORMAT:
+	case CURLE_UNSUPPORTED_PROTOCOL:
+		v.rc = -EINVAL;
+		v.retry = 0;
+		err_what(c, "bad endpoint URL %s (%s)", c->endpoint, why);
+		return v;
+	case CURLE_SEND_ERROR:
+	case CURLE_RECV_ERROR:
+	case CURLE_GOT_NOTHING:
+	case CURLE_PARTIAL_FILE:
+	case CURLE_SSL_CONNECT_ERROR:
+	case CURLE_HTTP2:
+	case CURLE_HTTP2_STREAM:
+	case CURLE_SEND_FAIL_REWIND:
+	case CURLE_WEIRD_SERVER_REPLY:
+		err_what(c, "connection to %s failed: %s", c->endpoint, why);
+		err_hint(c, "check the network and the server");
+		return v;
+	default:
+		v.retry = 0;
+		err_what(c, "request to %s failed: %s", c->endpoint, why);
+		return v;
+	}
+}
+
+/* Turn a non-2xx response into a verdict and its text. */
+static struct s3_verdict http_verdict(struct s3_client *c, const struct s3_req *rq,
+				      struct s3_resp *rs)
+{
+	struct s3_verdict v;
+	char k[S3_ESC_MAX], b[S3_ESC_MAX];
+	const char *code;
+	int head = strcmp(rq->method, "HEAD") == 0;
+
+	parse_error_body(rs);
+	/* HEAD has no body: name the usual codes from the status */
+	if (!rs->code[0] && rs->status == 404 && !rq->key)
+		snprintf(rs->code, sizeof(rs->code), "NoSuchBucket");
+	v = s3_http_verdict(rs->status, rs->code);
+	code = rs->code[0] ? rs->code : rs->reason;
+	esc(rq->key, k, sizeof(k));
+	esc(c->bucket, b, sizeof(b));
+	c->err_hint[0] = '\0';
+
+	if (strcmp(rs->code, "NoSuchBucket") == 0) {
+		err_what(c, "NoSuchBucket: bucket '%s' does not exist at %s", b, c->endpoint);
+		err_hint(c, "create it or fix the bucket name");
+	} else if (strcmp(rs->code, "SignatureDoesNotMatch") == 0) {
+		err_what(c, "403 SignatureDoesNotMatch: check the secret key for access key %s",
+			 c->access_key);
+	} else if (strcmp(rs->code, "InvalidAccessKeyId") == 0) {
+		err_what(c, "403 InvalidAccessKeyId: the access key %s is not known to %s",
+			 c->access_key, c->endpoint);
+	} else if (strcmp(rs->code, "AccessDenied") == 0) {
+		err_what(c, "403 AccessDenied: access key %s may not %s %s%s%sin bucket '%s'",
+			 c->access_key, rq->method, rq->key ? "'" : "", rq->key ? k : "",
+			 rq->key ? "' " : "", b);
+		err_hint(c, "check the permissions of the key and the bucket policy");
+	} else if (strcmp(rs->code, "RequestTimeTooSkewed") == 0) {
+		err_what(c, "403 RequestTimeTooSkewed: the clock of this machine is too far "
+			    "from the server's");
+		err_hint(c, "fix the system time (NTP)");
+	} else if (strcmp(rs->code, "QuotaExceeded") == 0) {
+		err_what(c, "%ld QuotaExceeded: the quota at %s is used up", rs->status,
+			 c->endpoint);
+		err_hint(c, "free space in the bucket or raise the quota");
+	} else if (strcmp(rs->code, "NoSuchUpload") == 0) {
+		err_what(c, "404 NoSuchUpload: the multipart upload of '%s' no longer exists "
+			    "(completed or aborted)", k);
+	} else if (rs->status == 403 && head) {
+		err_what(c, "403 Forbidden: check the access key and secret key (access key %s)",
+			 c->access_key);
+	} else if (rs->status == 404 && rq->key) {
+		err_what(c, "404 %s: '%s' does not exist in bucket '%s'",
+			 rs->code[0] ? rs->code : "Not Found", k, b);
+	} else if (rs->status == 412) {
+		err_what(c, "412 PreconditionFailed: '%s' already exists in bucket '%s'", k, b);
+	} else if (strcmp(rs->code, "EntityTooSmall") == 0) {
+		err_what(c, "400 EntityTooSmall: a part before the last is smaller than the "
+			    "server's minimum part size");
+	} else if (v.retry || !rs->message[0]) {
+		err_what(c, "%ld %s", rs->status, code[0] ? code : "error");
+	} else {
+		err_what(c, "%ld %s: %s", rs->status, code[0] ? code : "error", rs->message);
+	}
+	return v;
+}
+
+static struct s3_verdict attempt_once(struct s3_client *c, const struct s3_req *rq,
+				      struct s3_resp *rs)
+{
+	struct s3_verdict v = { 0, 0 };
+	struct s3_attempt at = { c, rq, rs, 0, -1 };
+	struct curl_slist *hdrs = NULL;
+	struct s3_buf path, url;
+	char *query = NULL;
+	CURL *e = c->easy;
+	CURLcode cc;
+	int rc;
+
+	s3_buf_init(&path, 4 * S3_KEY_MAX);
+	s3_buf_init(&url, 64 * S3_KEY_MAX);
+	rs->status = 0;
+	rs->etag[0] = '\0';
+	rs->reason[0] = '\0';
+	rs->code[0] = '\0';
+	rs->message[0] = '\0';
+	rs->have_length = 0;
+	rs->content_length = 0;
+	s3_buf_free(&rs->body);
+	c->curl_err[0] = '\0';
+
+	rc = build_path(c, rq, &path);
+	if (!rc)
+		rc = sigv4_canonical_query(rq->query, rq->nquery, &query);
+	if (!rc)
+		rc = s3_buf_adds(&url, c->url_base);
+	if (!rc) {
+		char *enc = NULL;
+
+		rc = sigv4_uri_encode(path.p, 1, &enc);
+		if (!rc)
+			rc = s3_buf_adds(&url, enc);
+		free(enc);
+	}
+	if (!rc && query[0])
+		rc = s3_buf_addf(&url, "?%s", query);
+	if (!rc)
+		rc = build_headers(c, rq, rs, path.p, &hdrs);
+	if (rc) {
+		v.rc = rc;
+		fail_local(c, rc, "cannot build the request");
+		goto out;
+	}
+
+	curl_easy_reset(e);	/* keeps the connection cache */
+	curl_easy_setopt(e, CURLOPT_URL, url.p);
+	curl_easy_setopt(e, CURLOPT_HTTPHEADER, hdrs);
+#if LIBCURL_VERSION_NUM >= 0x075500
+	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+#else
+	curl_easy_setopt(e, CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+	curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+	curl_easy_setopt(e, CURLOPT_PATH_AS_IS, 1L);	/* the signed path, byte for byte */
+	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+	curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, c->connect_timeout);
+	curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+	curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, c->stall_seconds);
+	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, c->curl_err);
+	curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+	curl_easy_setopt(e, CURLOPT_HEADERDATA, &at);
+	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
+	curl_easy_setopt(e, CURLOPT_WRITEDATA, &at);
+	curl_easy_setopt(e, CURLOPT_NOPROGRESS, 0L);
+	curl_easy_setopt(e, CURLOPT_XFERINFOFUNCTION, on_xfer);
+	curl_easy_setopt(e, CURLOPT_XFERINFODATA, &at);
+	if (c->https && c->cainfo)
+		curl_easy_setopt(e, CURLOPT_CAINFO, c->cainfo);
+	if (c->insecure) {
+		curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
+		curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+	}
+	if (strcmp(rq->method, "HEAD") == 0) {
+		curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+	} else if (strcmp(rq->method, "PUT") == 0) {
+		curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
+		curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE, (curl_off_t)rq->len);
+		curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
+		curl_easy_setopt(e, CURLOPT_READDATA, &at);
+		curl_easy_setopt(e, CURLOPT_SEEKFUNCTION, on_seek);
+		curl_easy_setopt(e, CURLOPT_SEEKDATA, &at);
+	} else if (strcmp(rq->method, "POST") == 0) {
+		curl_easy_setopt(e, CURLOPT_POST, 1L);
+		curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)rq->len);
+		curl_easy_setopt(e, CURLOPT_POSTFIELDS, rq->len ? rq->body : "");
+	} else if (strcmp(rq->method, "GET") != 0) {
+		curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, rq->method);
+	}
+
+	cc = curl_easy_perform(e);
+	c->http_status = rs->status;
+	if (cc == CURLE_ABORTED_BY_CALLBACK || cancelled(c)) {
+		v.rc = -ECANCELED;
+		c->err_hint[0] = '\0';
+		err_what(c, "cancelled");
+	} else if (cc != CURLE_OK) {
+		v = curl_verdict(c, cc, rs);
+		c->http_status = 0;
+	} else if (rs->status >= 200 && rs->status < 300) {
+		if (rq->check && rq->check(c, rq, rs, &v) == 0)
+			v.rc = 0;
+	} else {
+		v = http_verdict(c, rq, rs);
+	}
+	if (v.rc) {
+		char k[S3_ESC_MAX];
+
+		mgmtfs_debug("s3: %s '%s' -> %ld (curl %d): %s", rq->method, esc(rq->key, k, sizeof(k)),
+			     rs->status, (int)cc, c->err_what);
+	}
+
+out:
+	/* curl keeps no copy of the list; wipe the Authorization line before free */
+	curl_easy_setopt(e, CURLOPT_HTTPHEADER, NULL);
+	for (struct curl_slist *l = hdrs; l; l = l->next)
+		OPENSSL_cleanse(l->data, strlen(l->data));
+	curl_slist_free_all(hdrs);
+	free(query);
+	s3_buf_free(&path);
+	s3_buf_free(&url);
+	return v;
+}
+
+/*
+ * Run @rq until it succeeds or retrying stops making sense.  Backoff is
+ * "full jitter": sleep uniform(0, min(cap, base * 2^(attempt-1))), all the
+ * sleeps of one call together bounded by retry_max_seconds.
+ */
+static int s3_call(struct s3_client *c, const struct s3_req *rq, struct s3_resp *rs)
+{
+	double start = now_mono(), slept = 0;
+	struct s3_verdict v = { 0, 0 };
+	int attempt, gave_up = 0;
+
+	c->err[0] = '\0';
+	c->err_what[0] = '\0';
+	c->err_hint[0] = '\0';
+	for (attempt = 1;; attempt++) {
+		double cap, d;
+		char k[S3_ESC_MAX];
+
+		if (cancelled(c)) {
+			v.rc = -ECANCELED;
+			c->err_hint[0] = '\0';
+			err_what(c, "cancelled");
+			break;
+		}
+		v = attempt_once(c, rq, rs);
+		if (!v.rc || !v.retry)
+			break;
+		rs->failed_before = 1;
+		if (attempt >= c->max_attempts) {
+			gave_up = 1;
+			break;
+		}
+		cap = c->retry_base_seconds * (double)(1ULL << (attempt - 1 < 30 ? attempt - 1 : 30));
+		if (cap > S3_BACKOFF_CAP)
+			cap = S3_BACKOFF_CAP;
+		d = rand01(c) * cap;
+		if (slept >= c->retry_max_seconds) {
+			gave_up = 1;
+			break;
+		}
+		if (slept + d > c->retry_max_seconds)
+			d = c->retry_max_seconds - slept;
+		mgmtfs_info("s3: %s '%s': %s; attempt %d of %d, next in %.2f s", rq->method,
+			    esc(rq->key, k, sizeof(k)), c->err_what, attempt, c->max_attempts, d);
+		if (sleep_cancellable(c, d)) {
+			v.rc = -ECANCELED;
+			c->err_hint[0] = '\0';
+			err_what(c, "cancelled");
+			break;
+		}
+		slept += d;
+	}
+	if (!v.rc) {
+		c->err[0] = '\0';
+		return 0;
+	}
+	err_finish(c, attempt, now_mono() - start, gave_up);
+	return v.rc;
+}
+
+static void resp_init(struct s3_resp *rs)
+{
+	memset(rs, 0, sizeof(*rs));
+	s3_buf_init(&rs->body, S3_MAX_RESPONSE);
+}
+
+/* ------------------------------------------------------------------ */
+/* client */
+
+int s3_global_init(void)
+{
+	return curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? 0 : -EIO;
+}
+
+void s3_global_cleanup(void)
+{
+	curl_global_cleanup();
+}
+
+static int is_ip_or_localhost(const char *host)
+{
+	unsigned char a[16];
+
+	return inet_pton(AF_INET, host, a) == 1 || inet_pton(AF_INET6, host, a) == 1 ||
+	       strcasecmp(host, "localhost") == 0;
+}
+
+static int set_cfg_err(char *errbuf, size_t errlen, const char *msg)
+{
+	if (errbuf && errlen)
+		snprintf(errbuf, errlen, "%s", msg);
+	return -EINVAL;
+}
+
+/* Split the endpoint; fill url_base, host_hdr, path_prefix of @c. */
+static int parse_endpoint(struct s3_client *c, int path_style, char *errbuf, size_t errlen)
+{
+	const char *auth, *slash;
+	char host[256];
+	struct s3_buf b;
+	size_t alen, hlen;
+	int rc;
+
+	s3_buf_init(&b, 4096);
+	if (strncasecmp(c->endpoint, "http://", 7) == 0) {
+		auth = c->endpoint + 7;
+	} else if (strncasecmp(c->endpoint, "https://", 8) == 0) {
+		auth = c->endpoint + 8;
+		c->https = 1;
+	} else {
+		return set_cfg_err(errbuf, errlen,
+				   "bad endpoint: it must start with http:// or https://");
+	}
+	slash = strchr(auth, '/');
+	alen = slash ? (size_t)(slash - auth) : strlen(auth);
+	if (slash && slash[1])
+		return set_cfg_err(errbuf, errlen, "bad endpoint: it must not have a path");
+	if (!alen || memchr(auth, '@', alen) || memchr(auth, '?', alen) || memchr(auth, '#', alen))
+		return set_cfg_err(errbuf, errlen, "bad endpoint: no host name");
+	if (auth[0] == '[') {
+		const char *rb = memchr(auth, ']', alen);
+
+		if (!rb)
+			return set_cfg_err(errbuf, errlen, "bad endpoint: unclosed '[' in the host");
+		hlen = (size_t)(rb - auth - 1);
+		if (hlen >= sizeof(host))
+			return set_cfg_err(errbuf, errlen, "bad endpoint: host name too long");
+		memcpy(host, auth + 1, hlen);
+	} else {
+		const char *colon = memchr(auth, ':', alen);
+
+		hlen = colon ? (size_t)(colon - auth) : alen;
+		if (hlen >= sizeof(host))
+			return set_cfg_err(errbuf, errlen, "bad endpoint: host name too long");
+		memcpy(host, auth, hlen);
+	}
+	host[hlen] = '\0';
+	if (!hlen)
+		return set_cfg_err(errbuf, errlen, "bad endpoint: no host name");
+	if (path_style < 0)
+		path_style = is_ip_or_localhost(host);
+
+	if (path_style) {
+		rc = s3_buf_add(&b, c->endpoint, (size_t)(auth - c->endpoint) + alen);
+		if (!rc)
+			rc = dup_str(b.p, &c->url_base);
+		s3_buf_free(&b);
+		if (!rc)
+			rc = s3_buf_add(&b, auth, alen);
+		if (!rc)
+			rc = dup_str(b.p, &c->host_hdr);
+		s3_buf_free(&b);
+		if (!rc)
+			rc = s3_buf_addf(&b, "/%s", c->bucket);
+	} else {
+		rc = s3_buf_addf(&b, "%s://%s.%.*s", c->https ? "https" : "http", c->bucket,
+				 (int)alen, auth);
+		if (!rc)
+			rc = dup_str(b.p, &c->url_base);
+		s3_buf_free(&b);
+		if (!rc)
+			rc = s3_buf_addf(&b, "%s.%.*s", c->bucket, (int)alen, auth);
+		if (!rc)
+			rc = dup_str(b.p, &c->host_hdr);
+		s3_buf_free(&b);
+		if (!rc)
+			rc = s3_buf_add(&b, "", 0);
+	}
+	if (!rc)
+		rc = dup_str(b.p, &c->path_prefix);
+	s3_buf_free(&b);
+	return rc;
+}
+
+int s3_client_new_err(const struct s3_config *cfg, struct s3_client **out, char *errbuf,
+		      size_t errlen)
+{
+	struct s3_client *c = NULL;
+	const char *ca;
+	size_t n;
+	int rc;
+
+	*out = NULL;
+	if (errbuf && errlen)
+		errbuf[0] = '\0';
+	if (!cfg->endpoint || !*cfg->endpoint)
+		return set_cfg_err(errbuf, errlen, "no S3 endpoint");
+	if (!cfg->bucket || !*cfg->bucket)
+		return set_cfg_err(errbuf, errlen, "no bucket");
+	if (strchr(cfg->bucket, '/') || strlen(cfg->bucket) > 255)
+		return set_cfg_err(errbuf, errlen, "bad bucket name: no '/' allowed");
+	if (!cfg->access_key || !*cfg->access_key)
+		return set_cfg_err(errbuf, errlen, "no access key (AWS_ACCESS_KEY_ID)");
+	if (!cfg->secret_key || !*cfg->secret_key)
+		return set_cfg_err(errbuf, errlen, "no secret key (AWS_SECRET_ACCESS_KEY)");
+
+	c = calloc(1, sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	rc = dup_str(cfg->endpoint, &c->endpoint);
+	if (!rc) {
+		n = strlen(c->endpoint);
+		while (n && c->endpoint[n - 1] == '/')
+			c->endpoint[--n] = '\0';
+		rc = dup_str(cfg->region && *cfg->region ? cfg->region : "us-east-1", &c->region);
+	}
+	if (!rc)
+		rc = dup_str(cfg->bucket, &c->bucket);
+	if (!rc)
+		rc = dup_str(cfg->access_key, &c->access_key);
+	if (!rc)
+		rc = dup_str(cfg->secret_key, &c->sec.secret_key);
+	if (!rc && cfg->session_token && *cfg->session_token)
+		rc = dup_str(cfg->session_token, &c->sec.session_token);
+	ca = getenv("AWS_CA_BUNDLE");
+	if (!rc && ca && *ca)
+		rc = dup_str(ca, &c->cainfo);
+	if (rc)
+		goto fail;
+	rc = parse_endpoint(c, cfg->path_style, errbuf, errlen);
+	if (rc)
+		goto fail;
+	c->insecure = cfg->insecure;
+	c->max_attempts = cfg->max_attempts > 0 ? cfg->max_attempts : 8;
+	c->retry_max_seconds = cfg->retry_max_seconds > 0 ? cfg->retry_max_seconds : 120;
+	c->retry_base_seconds = cfg->retry_base_seconds > 0 ? cfg->retry_base_seconds : 0.2;
+	c->connect_timeout = cfg->connect_timeout > 0 ? cfg->connect_timeout : 10;
+	c->stall_seconds = cfg->stall_seconds > 0 ? cfg->stall_seconds : 30;
+	if (RAND_bytes((unsigned char *)&c->rng, sizeof(c->rng)) != 1 || !c->rng)
+		c->rng = (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)c ^ 0x9E3779B97F4A7C15ULL;
+	c->easy = curl_easy_init();
+	if (!c->easy) {
+		rc = -ENOMEM;
+		goto fail;
+	}
+	*out = c;
+	return 0;
+
+fail:
+	s3_client_free(c);
+	return rc;
+}
+
+int s3_client_new(const struct s3_config *cfg, struct s3_client **out)
+{
+	char eb[S3_ERROR_MAX];
+	int rc;
+
+	rc = s3_client_new_err(cfg, out, eb, sizeof(eb));
+	if (rc && eb[0])
+		mgmtfs_err("s3: %s", eb);
+	return rc;
+}
+
+void s3_client_free(struct s3_client *c)
+{
+	if (!c)
+		return;
+	if (c->easy)
+		curl_easy_cleanup(c->easy);
+	free_secret(c->sec.secret_key);
+	free_secret(c->sec.session_token);
+	free(c->endpoint);
+	free(c->url_base);
+	free(c->host_hdr);
+	free(c->path_prefix);
+	free(c->region);
+	free(c->bucket);
+	free(c->access_key);
+	free(c->cainfo);
+	OPENSSL_cleanse(c, sizeof(*c));
+	free(c);
+}
+
+const char *s3_client_error(const struct s3_client *c)
+{
+	return c->err;
+}
+
+long s3_client_http_status(const struct s3_client *c)
+{
+	return c->http_status;
+}
+
+void s3_client_set_cancel(struct s3_client *c, const atomic_int *flag)
+{
+	c->cancel = flag;
+}
+
+void s3_client_set_progress(struct s3_client *c, void (*cb)(void *arg, uint64_t sent), void *arg)
+{
+	c->progress_cb = cb;
+	c->progress_arg = arg;
+}
+
+/* ------------------------------------------------------------------ */
+/* HEAD */
+
+int s3_head_bucket(struct s3_client *c)
+{
+	struct s3_req rq;
+	struct s3_resp rs;
+	int rc;
+
+	memset(&rq, 0, sizeof(rq));
+	rq.method = "HEAD";
+	memcpy(rq.sha256, SIGV4_EMPTY_SHA256, SIGV4_HEX_LEN);
+	resp_init(&rs);
+	rc = s3_call(c, &rq, &rs);
+	s3_buf_free(&rs.body);
+	return rc;
+}
+
+static int check_key(struct s3_client *c, const char *key)
+{
+	if (!key || !*key || strlen(key) > S3_KEY_MAX)
+		return fail_local(c, -EINVAL, "bad object key (empty or over 1024 bytes)");
+	return 0;
+}
+
+int s3_head_object(struct s3_client *c, const char *key, struct s3_object_info *out)
+{
+	struct s3_req rq;
+	struct s3_resp rs;
+	int rc;
+
+	rc = check_key(c, key);
+	if (rc)
+		return rc;
+	memset(&rq, 0, sizeof(rq));
+	rq.method = "HEAD";
+	rq.key = key;
+	memcpy(rq.sha256, SIGV4_EMPTY_SHA256, SIGV4_HEX_LEN);
+	resp_init(&rs);
+	rc = s3_call(c, &rq, &rs);
+	if (!rc) {
+		out->size = rs.content_length;
+		memcpy(out->etag, rs.etag, sizeof(out->etag));
+	}
+	s3_buf_free(&rs.body);
+	return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* PUT and parts */
+
+/* What the ETag check of a PUT compares with. */
+struct etag_want {
+	char md5_hex[33];
+};
+
+static int check_etag(struct s3_client *c, const struct s3_req *rq, struct s3_resp *rs,
+		      struct s3_verdict *v)
+{
+	const struct etag_want *w = rq->check_arg;
+	char k[S3_ESC_MAX], e[S3_ESC_MAX];
+
+	if (strcasecmp(rs->etag, w->md5_hex) == 0)
+		return 0;
+	v->rc = -EBADMSG;
+	v->retry = 1;
+	c->err_hint[0] = '\0';
+	err_what(c, "ETag mismatch for '%s': the server has \"%s\", the data sent has MD5 %s",
+		 esc(rq->key, k, sizeof(k)), esc(rs->etag, e, sizeof(e)), w->md5_hex);
+	err_hint(c, "the data was damaged on the way");
+	return -1;
+}
+
+/* Body hashes: use the caller's or compute them; Content-MD5 into @hs. */
+static int body_hashes(struct s3_client *c, struct s3_req *rq, const unsigned char *md5,
+		       const char *sha256_hex, struct etag_want *w, struct hdrset *hs)
+{
+	unsigned char m[16];
+	char b64[32];
+	int rc;
+
+	if (!md5) {
+		rc = sigv4_md5(rq->body, rq->len, m);
+		if (rc)
+			return fail_local(c, rc, "cannot hash the body");
+		md5 = m;
+	}
+	if (sha256_hex) {
+		if (strlen(sha256_hex) != SIGV4_HEX_LEN - 1)
+			return fail_local(c, -EINVAL, "bad SHA-256 of the body");
+		memcpy(rq->sha256, sha256_hex, SIGV4_HEX_LEN);
+	} else {
+		rc = sigv4_sha256_hex(rq->body, rq->len, rq->sha256);
+		if (rc)
+			return fail_local(c, rc, "cannot hash the body");
+	}
+	sigv4_hex(md5, 16, w->md5_hex);
+	rc = base64_md5(md5, b64);
+	if (!rc)
+		rc = hdrset_add(hs, "content-md5", b64);
+	if (rc)
+		return fail_local(c, rc, "cannot build the request");
+	return 0;
+}
+
+int s3_put_object(struct s3_client *c, const char *key, const void *body, size_t len,
+		  const unsigned char *md5, const char *sha256_hex, int if_none_match,
+		  const struct s3_meta *meta, size_t nmeta, char *etag_out)
+{
+	struct hdrset hs = { .n = 0 };
+	struct etag_want w;
+	struct s3_req rq;
+	struct s3_resp rs;
+	int rc;
+
+	resp_init(&rs);
+	rc = check_key(c, key);
+	if (rc)
+		return rc;
+	memset(&rq, 0, sizeof(rq));
+	rq.method = "PUT";
+	rq.key = key;
+	rq.body = body;
+	rq.len = len;
+	rq.check = check_etag;
+	rq.check_arg = &w;
+	rc = body_hashes(c, &rq, md5, sha256_hex, &w, &hs);
+	if (rc)
+		goto out;
+	rc = hdrset_add(&hs, "content-type", "application/octet-stream");
+	if (!rc && if_none_match)
+		rc = hdrset_add(&hs, "if-none-match", "*");
+	if (!rc)
+		rc = hdrset_add_meta(&hs, meta, nmeta);
+	if (rc) {
+		fail_local(c, rc, "bad metadata");
+		goto out;
+	}
+	rq.hdrs = hs.kv;
+	rq.nhdrs = hs.n;
+	rc = s3_call(c, &rq, &rs);
+
+	/*
+	 * A lost response: an earlier attempt of this very call may have been
+	 * stored by the server although we never saw its answer (a reset after
+	 * the body went out, a 5xx from a proxy, an ETag we could not check).
+	 * A plain PUT retried is idempotent, but with If-None-Match: * the
+	 * retry meets our own object and gets 412.  So a 412 that follows a
+	 * failed attempt of the same call is checked with a HEAD: if the
+	 * object there has our MD5, it is ours (or identical content), and
+	 * the PUT succeeded.  Otherwise the key really is taken: -EEXIST.
+	 */
+	if (rc == -EEXIST && if_none_match && rs.failed_before) {
+		struct s3_object_info oi;
+		char saved[S3_ERROR_MAX];
+
+		memcpy(saved, c->err, sizeof(saved));
+		if (s3_head_object(c, key, &oi) == 0 && strcasecmp(oi.etag, w.md5_hex) == 0) {
+			char k[S3_ESC_MAX];
+
+			mgmtfs_info("s3: PUT '%s': 412 after a lost response, but the object "
+				    "there has our MD5: done", esc(key, k, sizeof(k)));
+			memcpy(rs.etag, oi.etag, sizeof(rs.etag));
+			c->err[0] = '\0';
+			rc = 0;
+		} else {
+			memcpy(c->err, saved, sizeof(c->err));
+			c->http_status = 412;
+		}
+	}
+	if (!rc && etag_out)
+		memcpy(etag_out, rs.etag, S3_ETAG_MAX);
+out:
+	hdrset_free(&hs);
+	s3_buf_free(&rs.body);
+	return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* multipart */
+
+static int check_create(struct s3_client *c, const struct s3_req *rq, struct s3_resp *rs,
+			struct s3_verdict *v)
+{
+	char *id = rq->check_arg;
+	int n = -ENOENT;
+
+	if (rs->body.p)
+		n = s3_xml_tag(rs->body.p, rs->body.p + rs->body.len, "UploadId", id,
+			       S3_UPLOAD_ID_MAX, NULL);
+	if (n > 0)
+		return 0;
+	v->rc = -EBADMSG;
+	v->retry = 1;
+	c->err_hint[0] = '\0';
+	err_what(c, "CreateMultipartUpload at %s answered without an UploadId", c->endpoint);
+	return -1;
+}
+
+int s3_mpu_create(struct s3_client *c, const char *key, const struct s3_meta *meta,
+		  size_t nmeta, char *upload_id_out)
+{
+	struct sigv4_kv q[1] = { { "uploads", NULL } };
+	struct hdrset hs = { .n = 0 };
+	char id[S3_UPLOAD_ID_MAX];
+	struct s3_req rq;
+	struct s3_resp rs;
+	int rc;
+
+	resp_init(&rs);
+	rc = check_key(c, key);
+	if (rc)
+		return rc;
+	memset(&rq, 0, sizeof(rq));
+	rq.method = "POST";
+	rq.key = key;
+	rq.query = q;
+	rq.nquery = 1;
+	memcpy(rq.sha256, SIGV4_EMPTY_SHA256, SIGV4_HEX_LEN);
+	rq.check = check_create;
+	rq.check_arg = id;
+	rc = hdrset_add(&hs, "content-type", "application/octet-stream");
+	if (!rc)
+		rc = hdrset_add_meta(&hs, meta, nmeta);
+	if (rc) {
+		fail_local(c, rc, "bad metadata");
+		goto out;
+	}
+	rq.hdrs = hs.kv;
+	rq.nhdrs = hs.n;
+	rc = s3_call(c, &rq, &rs);
+	if (!rc)
+		memcpy(upload_id_out, id, S3_UPLOAD_ID_MAX);
+out:
+	hdrset_free(&hs);
+	s3_buf_free(&rs.body);
+	return rc;
+}
+
+static int check_upload_id(struct s3_client *c, const char *upload_id)
+{
+	if (!upload_id || !*upload_id || strlen(upload_id) >= S3_UPLOAD_ID_MAX)
+		return fail_local(c, -EINVAL, "bad upload id");
+	return 0;
+}
+
+int s3_mpu_put_part(struct s3_client *c, const char *key, const char *upload_id,
+		    uint32_t partno, const void *body, size_t len, const unsigned char *md5,
+		    const char *sha256_hex, char *etag_out)
+{
+	struct hdrset hs = { .n = 0 };
+	struct sigv4_kv q[2];
+	struct etag_want w;
+	char pn[16];
+	struct s3_req rq;
+	struct s3_resp rs;
+	int rc;
+
+	resp_init(&rs);
+	rc = check_key(c, key);
+	if (!rc)
+		rc = check_upload_id(c, upload_id);
+	if (rc)
+		return rc;
+	if (partno < 1 || partno > 10000)
+		return fail_local(c, -EINVAL, "bad part number (1 to 10000)");
+	snprintf(pn, sizeof(pn), "%" PRIu32, partno);
+	q[0].name = "partNumber";
+	q[0].value = pn;
+	q[1].name = "uploadId";
+	q[1].value = upload_id;
+	memset(&rq, 0, sizeof(rq));
+	rq.method = "PUT";
+	rq.key = key;
+	rq.query = q;
+	rq.nquery = 2;
+	rq.body = body;
+	rq.len = len;
+	rq.check = check_etag;
+	rq.check_arg = &w;
+	rc = body_hashes(c, &rq, md5, sha256_hex, &w, &hs);
+	if (rc)
+		goto out;
+	rq.hdrs = hs.kv;
+	rq.nhdrs = hs.n;
+	rc = s3_call(c, &rq, &rs);
+	if (!rc && etag_out)
+		memcpy(etag_out, rs.etag, S3_ETAG_MAX);
+out:
+	hdrset_free(&hs);
+	s3_buf_free(&rs.body);
+	return rc;
+}
+
+/* A 200 to CompleteMultipartUpload may still carry an <Error>: judge the body. */
+static int check_complete(struct s3_client *c, const struct s3_req *rq, struct s3_resp *rs,
+			  struct s3_verdict *v)
+{
+	char *etag_out = rq->check_arg;
+	const char *a = NULL, *z = NULL, *end;
+	char etag[S3_ETAG_MAX];
+
+	if (!rs->body.p)
+		goto bad;
+	end = rs->body.p + rs->body.len;
+	if (s3_xml_block(rs->body.p, end, "Error", &a, &z) == 0) {
+		parse_error_body(rs);
+		*v = s3_http_verdict(200, rs->code);
+		c->err_hint[0] = '\0';
+		err_what(c, "200 %s%s%s (CompleteMultipartUpload)", rs->code[0] ? rs->code : "Error",
+			 rs->message[0] ? ": " : "", rs->message);
+		if (!v->rc) {
+			v->rc = -EAGAIN;
+			v->retry = 1;
+		}
+		return -1;
+	}
+	if (!strstr(rs->body.p, "CompleteMultipartUploadResult"))
+		goto bad;
+	if (s3_xml_tag(rs->body.p, end, "ETag", etag, sizeof(etag), NULL) < 0)
+		etag[0] = '\0';
+	etag_clean(etag, strlen(etag), etag_out);
+	return 0;
+bad:
+	v->rc = -EBADMSG;
+	v->retry = 1;
+	c->err_hint[0] = '\0';
+	err_what(c, "CompleteMultipartUpload at %s answered 200 without a result", c->endpoint);
+	return -1;
+}
+
+static int hex_to_md5(const char *hex, unsigned char out[16])
+{
+	size_t i;
+
+	if (strlen(hex) != 32)
+		return -EINVAL;
+	for (i = 0; i < 32; i++) {
+		char ch = hex[i];
+		int d;
+
+		if (ch >= '0' && ch <= '9')
+			d = ch - '0';
+		else if (ch >= 'a' && ch <= 'f')
+			d = ch - 'a' + 10;
+		else if (ch >= 'A' && ch <= 'F')
+			d = ch - 'A' + 10;
+		else
+			return -EINVAL;
+		if (i % 2)
+			out[i / 2] = (unsigned char)(out[i / 2] | d);
+		else
+			out[i / 2] = (unsigned char)(d << 4);
+	}
+	return 0;
+}
+
+/* The multipart ETag our parts should give, "" when a part ETag is not an MD5. */
+static void expected_mpu_etag(const struct s3_part *parts, size_t n, char *out)
+{
+	unsigned char (*md5s)[16] = calloc(n ? n : 1, sizeof(*md5s));
+	size_t i;
+
+	out[0] = '\0';
+	if (!md5s)
+		return;
+	for (i = 0; i < n; i++) {
+		if (hex_to_md5(parts[i].etag, md5s[i])) {
+			free(md5s);
+			return;
+		}
+	}
+	s3_multipart_etag((const unsigned char(*)[16])md5s, n, out);
+	free(md5s);
+}
+
+int s3_mpu_complete(struct s3_client *c, const char *key, const char *upload_id,
+		    const struct s3_part *parts, size_t n, char *etag_out)
+{
+	struct sigv4_kv q[1];
+	struct hdrset hs = { .n = 0 };
+	char etag[S3_ETAG_MAX] = "";
+	unsigned char md5[16];
+	char b64[32];
+	struct s3_buf xml;
+	struct s3_req rq;
+	struct s3_resp rs;
+	size_t i;
+	int rc;
+
+	resp_init(&rs);
+	s3_buf_init(&xml, (size_t)16 << 20);
+	rc = check_key(c, key);
+	if (!rc)
+		rc = check_upload_id(c, upload_id);
+	if (rc)
+		return rc;
+	if (!n || n > 10000)
+		return fail_local(c, -EINVAL, "bad number of parts (1 to 10000)");
+	rc = s3_buf_adds(&xml, "<CompleteMultipartUpload>");
+	for (i = 0; i < n && !rc; i++) {
+		if (parts[i].partno < 1 || (i && parts[i].partno <= parts[i - 1].partno) ||
+		    !parts[i].etag[0] || strpbrk(parts[i].etag, "<>&\"")) {
+			rc = fail_local(c, -EINVAL, "parts out of order or without an ETag");
+			goto out;
+		}
+		rc = s3_buf_addf(&xml,
+				 "<Part><PartNumber>%" PRIu32 "</PartNumber>"
+				 "<ETag>\"%s\"</ETag></Part>",
+				 parts[i].partno, parts[i].etag);
+	}
+	if (!rc)
+		rc = s3_buf_adds(&xml, "</CompleteMultipartUpload>");
+	if (rc) {
+		fail_local(c, rc, "cannot build the request");
+		goto out;
+	}
+	q[0].name = "uploadId";
+	q[0].value = upload_id;
+	memset(&rq, 0, sizeof(rq));
+	rq.method = "POST";
+	rq.key = key;
+	rq.query = q;
+	rq.nquery = 1;
+	rq.body = xml.p;
+	rq.len = xml.len;
+	rq.check = check_complete;
+	rq.check_arg = etag;
+	rc = sigv4_sha256_hex(xml.p, xml.len, rq.sha256);
+	if (!rc)
+		rc = sigv4_md5(xml.p, xml.len, md5);
+	if (!rc)
+		rc = base64_md5(md5, b64);
+	if (!rc)
+		rc = hdrset_add(&hs, "content-md5", b64);
+	if (!rc)
+		rc = hdrset_add(&hs, "content-type", "application/xml");
+	if (rc) {
+		fail_local(c, rc, "cannot build the request");
+		goto out;
+	}
+	rq.hdrs = hs.kv;
+	rq.nhdrs = hs.n;
+	rc = s3_call(c, &rq, &rs);
+
+	/*
+	 * A lost response again: if an earlier attempt completed the upload
+	 * and its answer was lost, the retry finds no such upload (404).  The
+	 * object is then there with the multipart ETag of our parts: HEAD it.
+	 */
+	if (rc == -ENOENT && rs.failed_before) {
+		struct s3_object_info oi;
+		char want[S3_ETAG_MAX], saved[S3_ERROR_MAX];
+
+		memcpy(saved, c->err, sizeof(saved));
+		expected_mpu_etag(parts, n, want);
+		if (want[0] && s3_head_object(c, key, &oi) == 0 && strcasecmp(oi.etag, want) == 0) {
+			memcpy(etag, oi.etag, sizeof(etag));
+			c->err[0] = '\0';
+			rc = 0;
+		} else {
+			memcpy(c->err, saved, sizeof(c->err));
+		}
+	}
+	if (!rc && etag_out)
+		memcpy(etag_out, etag, S3_ETAG_MAX);
+out:
+	hdrset_free(&hs);
+	s3_buf_free(&xml);
+	s3_buf_free(&rs.body);
+	return rc;
+}
+
+int s3_mpu_abort(struct s3_client *c, const char *key, const char *upload_id)
+{
+	struct sigv4_kv q[1];
+	struct s3_req rq;
+	struct s3_resp rs;
+	int rc;
+
+	rc = check_key(c, key);
+	if (!rc)
+		rc = check_upload_id(c, upload_id);
+	if (rc)
+		return rc;
+	q[0].name = "uploadId";
+	q[0].value = upload_id;
+	memset(&rq, 0, sizeof(rq));
+	rq.method = "DELETE";
+	rq.key = key;
+	rq.query = q;
+	rq.nquery = 1;
+	memcpy(rq.sha256, SIGV4_EMPTY_SHA256, SIGV4_HEX_LEN);
+	resp_init(&rs);
+	rc = s3_call(c, &rq, &rs);
+	if (rc == -ENOENT) {	/* already gone: that is what we wanted */
+		c->err[0] = '\0';
+		rc = 0;
+	}
+	s3_buf_free(&rs.body);
+	return rc;
+}
+
+static int is_true(const char *start, const char *end, const char *tag)
+{
+	char v[16];
+
+	return s3_xml_tag(start, end, tag, v, sizeof(v), NULL) > 0 && strcasecmp(v, "true") == 0;
+}
+
+static int parse_u64(const char *s, uint64_t *out)
+{
+	uint64_t v = 0;
+
+	if (!*s)
+		return -EINVAL;
+	for (; *s; s++) {
+		if (*s < '0' || *s > '9' || v > (UINT64_MAX - 9) / 10)
+			return -EINVAL;
+		v = v * 10 + (uint64_t)(*s - '0');
+	}
+	*out = v;
+	return 0;
+}
+
+static int bad_listing(struct s3_client *c, const char *what)
+{
+	c->err_hint[0] = '\0';
+	err_what(c, "%s at %s gave a listing that cannot be read", what, c->endpoint);
+	err_finish(c, 0, 0, 0);
+	return -EBADMSG;
+}
+
+int s3_mpu_list_parts(struct s3_client *c, const char *key, const char *upload_id,
+		      struct s3_part **parts_out, size_t *n_out)
+{
+	struct s3_part *parts = NULL, *np;
+	size_t n = 0, cap = 0;
+	char marker[32] = "";
+	struct sigv4_kv q[2];
+	struct s3_req rq;
+	struct s3_resp rs;
+	int rc;
+
+	resp_init(&rs);
+	rc = check_key(c, key);
+	if (!rc)
+		rc = check_upload_id(c, upload_id);
+	if (rc)
+		return rc;
+	for (;;) {
+		const char *p, *end, *a = NULL, *z = NULL;
+		char num[32], etag[S3_ETAG_MAX], size[32];
+		uint64_t v;
+
+		q[0].name = "uploadId";
+		q[0].value = upload_id;
+		q[1].name = "part-number-marker";
+		q[1].value = marker;
+		memset(&rq, 0, sizeof(rq));
+		rq.method = "GET";
+		rq.key = key;
+		rq.query = q;
+		rq.nquery = marker[0] ? 2 : 1;
+		memcpy(rq.sha256, SIGV4_EMPTY_SHA256, SIGV4_HEX_LEN);
+		rc = s3_call(c, &rq, &rs);
+		if (rc)
+			goto fail;
+		p = rs.body.p ? rs.body.p : "";
+		end = p + rs.body.len;
+		while (s3_xml_block(p, end, "Part", &a, &z) == 0) {
+			if (n == cap) {
+				cap = cap ? 2 * cap : 64;
+				np = realloc(parts, cap * sizeof(*parts));
+				if (!np) {
+					rc = fail_local(c, -ENOMEM, "cannot list parts");
+					goto fail;
+				}
+				parts = np;
+			}
+			if (s3_xml_tag(a, z, "PartNumber", num, sizeof(num), NULL) < 0 ||
+			    parse_u64(num, &v) || v < 1 || v > 10000 ||
+			    s3_xml_tag(a, z, "ETag", etag, sizeof(etag), NULL) < 0 ||
+			    s3_xml_tag(a, z, "Size", size, sizeof(size), NULL) < 0 ||
+			    parse_u64(size, &parts[n].size)) {
+				rc = bad_listing(c, "ListParts");
+				goto fail;
+			}
+			parts[n].partno = (uint32_t)v;
+			etag_clean(etag, strlen(etag), parts[n].etag);
+			n++;
+			p = z;
+		}
+		if (!is_true(rs.body.p, end, "IsTruncated"))
+			break;
+		if (s3_xml_tag(rs.body.p, end, "NextPartNumberMarker", num, sizeof(num), NULL) <= 0 ||
+		    strcmp(num, marker) == 0) {
+			rc = bad_listing(c, "ListParts");
+			goto fail;
+		}
+		memcpy(marker, num, sizeof(marker));
+	}
+	s3_buf_free(&rs.body);
+	*parts_out = parts;
+	*n_out = n;
+	return 0;
+
+fail:
+	s3_buf_free(&rs.body);
+	free(parts);
+	return rc;
+}
+
+int s3_mpu_list(struct s3_client *c, const char *prefix,
+		int (*cb)(const char *key, const char *upload_id, void *arg), void *arg)
+{
+	char key_marker[S3_KEY_MAX * 2 + 1] = "", id_marker[S3_UPLOAD_ID_MAX] = "";
+	char key[S3_KEY_MAX * 2 + 1], id[S3_UPLOAD_ID_MAX];
+	struct sigv4_kv q[4];
+	struct s3_req rq;
+	struct s3_resp rs;
+	int rc = 0;
+
+	resp_init(&rs);
+	for (;;) {
+		const char *p, *end, *a = NULL, *z = NULL;
+		size_t nq = 0;
+
+		q[nq].name = "uploads";
+		q[nq++].value = NULL;
+		if (prefix && *prefix) {
+			q[nq].name = "prefix";
+			q[nq++].value = prefix;
+		}
+		if (key_marker[0]) {
+			q[nq].name = "key-marker";
+			q[nq++].value = key_marker;
+			q[nq].name = "upload-id-marker";
+			q[nq++].value = id_marker;
+		}
+		memset(&rq, 0, sizeof(rq));
+		rq.method = "GET";
+		rq.query = q;
+		rq.nquery = nq;
+		memcpy(rq.sha256, SIGV4_EMPTY_SHA256, SIGV4_HEX_LEN);
+		rc = s3_call(c, &rq, &rs);
+		if (rc)
+			break;
+		p = rs.body.p ? rs.body.p : "";
+		end = p + rs.body.len;
+		while (s3_xml_block(p, end, "Upload", &a, &z) == 0) {
+			if (s3_xml_tag(a, z, "Key", key, sizeof(key), NULL) < 0 ||
+			    s3_xml_tag(a, z, "UploadId", id, sizeof(id), NULL) <= 0) {
+				rc = bad_listing(c, "ListMultipartUploads");
+				goto out;
+			}
+			rc = cb(key, id, arg);
+			if (rc)
+				goto out;
+			p = z;
+		}
+		if (!is_true(rs.body.p, end, "IsTruncated"))
+			break;
+		if (s3_xml_tag(rs.body.p, end, "NextKeyMarker", key, sizeof(key), NULL) <= 0 ||
+		    s3_xml_tag(rs.body.p, end, "NextUploadIdMarker", id, sizeof(id), NULL) < 0 ||
+		    (strcmp(key, key_marker) == 0 && strcmp(id, id_marker) == 0)) {
+			rc = bad_listing(c, "ListMultipartUploads");
+			break;
+		}
+		memcpy(key_marker, key, sizeof(key_marker));
+		memcpy(id_marker, id, sizeof(id_marker));
+	}
+out:
+	s3_buf_free(&rs.body);
+	return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* GET */
+
+int s3_get_object(struct s3_client *c, const char *key,
+		  int (*cb)(const void *data, size_t len, void *arg), void *arg)
+{
+	struct s3_req rq;
+	struct s3_resp rs;
+	int rc;
+
+	resp_init(&rs);
+	rc = check_key(c, key);
+	if (rc)
+		return rc;
+	memset(&rq, 0, sizeof(rq));
+	rq.method = "GET";
+	rq.key = key;
+	rq.sink = cb;
+	rq.sink_arg = arg;
+	memcpy(rq.sha256, SIGV4_EMPTY_SHA256, SIGV4_HEX_LEN);
+	rc = s3_call(c, &rq, &rs);
+	if (rc == -EEXIST && rs.delivered) {	/* If-Match failed on a resumed GET */
+		char k[S3_ESC_MAX];
+
+		c->err_hint[0] = '\0';
+		err_what(c, "'%s' changed while it was read", esc(key, k, sizeof(k)));
+		err_finish(c, 0, 0, 0);
+		rc = -EIO;
+	}
+	s3_buf_free(&rs.body);
+	return rc;
+}
+
+/* ------------------------------------------------------------------ */
+
+void s3_multipart_etag(const unsigned char (*md5s)[16], size_t n, char *etag_out)
+{
+	unsigned char md[16];
+	unsigned int mdlen = 0;
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	int ok;
+
+	ok = ctx && EVP_DigestInit_ex(ctx, EVP_md5(), NULL) &&
+	     (n == 0 || EVP_DigestUpdate(ctx, md5s, n * 16)) && EVP_DigestFinal_ex(ctx, md, &mdlen);
+	EVP_MD_CTX_free(ctx);
+	if (!ok || mdlen != 16) {
+		etag_out[0] = '\0';
+		return;
+	}
+	sigv4_hex(md, 16, etag_out);
+	snprintf(etag_out + 32, S3_ETAG_MAX - 32, "-%zu", n);
+}

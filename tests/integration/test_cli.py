@@ -1,0 +1,67 @@
+"""`mgmtfs list` and `mgmtfs show` against the records of a live mount."""
+import json
+import re
+import subprocess
+
+import pytest
+
+from helpers import getfattr, write_source
+
+FIELDS = ("id", "status", "original_path", "completed_path", "upload_timestamp",
+          "compression_type", "s3_bucket", "s3_object_key", "etag", "original_size",
+          "compressed_size", "checksum")
+
+
+def assert_matches_xattrs(record, path):
+    """A JSON record holds the same fields, same values, as the xattrs of @path."""
+    fields = getfattr(path)
+    got = {k: None if record.get(k) is None else str(record[k]) for k in FIELDS}
+    assert got == {k: fields.get(f"user.mgmt.{k}") for k in FIELDS}
+
+
+def run_json(m, *args):
+    p = m.cli(*args, "--json")
+    assert p.returncode == 0, p.stderr.decode(errors="replace")
+    return json.loads(p.stdout)
+
+
+def upload_all(mount, tmp_path, names):
+    m = mount()
+    for name in names:  # one after the other, so "newest" is well defined
+        m.drop(write_source(tmp_path, name, f"content of {name}\n".encode()))
+        m.wait_completed(name)
+    return m
+
+
+def test_list_json_newest_first(mount, tmp_path):
+    m = upload_all(mount, tmp_path, ["first.txt", "second.txt"])
+    records = run_json(m, "list")
+    assert [r["original_path"] for r in records] == ["pending/second.txt", "pending/first.txt"]
+    for r in records:
+        assert_matches_xattrs(r, m.path(r["completed_path"]))
+    completed = run_json(m, "list", "--status", "completed")
+    assert [r["id"] for r in completed] == [r["id"] for r in records]
+    assert run_json(m, "list", "--status", "failed") == []
+
+
+@pytest.mark.parametrize("by", ["path", "id"])
+def test_show_json(mount, tmp_path, by):
+    m = upload_all(mount, tmp_path, ["shown.txt"])
+    done = m.completed("shown.txt")
+    arg = str(done) if by == "path" else getfattr(done)["user.mgmt.id"]
+    assert_matches_xattrs(run_json(m, "show", arg), done)
+
+
+def test_show_unknown_id_fails(mount):
+    m = mount()
+    p = m.cli("show", "987654321")
+    assert p.returncode != 0
+    assert len(p.stderr.decode().strip().splitlines()) == 1, p.stderr
+
+
+@pytest.mark.parametrize("flag,pattern", [("--help", r"bucket"), ("--version", r"\d+\.\d+")],
+                         ids=["help", "version"])
+def test_help_and_version(mgmtfs_bin, flag, pattern):
+    p = subprocess.run([str(mgmtfs_bin), flag], capture_output=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    assert re.search(pattern, (p.stdout + p.stderr).decode(errors="replace"))

@@ -1,0 +1,693 @@
+/*
+ * test_arc.c - the archive stream: tar headers parsed back field by field,
+ * then every format streamed to a file for a range of sizes around the
+ * block boundaries and checked with the real tools (gzip -t, tar -x, cmp)
+ * and an independent sha256.  Each test has its own mkdtemp directory.
+ */
+#include "archive/arc.h"
+#include "archive/arc_i.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <setjmp.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <openssl/evp.h>
+
+#define SMALL_BLOCK 4096u
+#define MTIME	    1600000000
+
+struct fixture {
+	char dir[256];
+};
+
+static int setup(void **state)
+{
+	struct fixture *f = calloc(1, sizeof(*f));
+	const char *tmp = getenv("TMPDIR");
+
+	if (!f)
+		return -1;
+	snprintf(f->dir, sizeof(f->dir), "%s/test_arc.XXXXXX", tmp && *tmp ? tmp : "/tmp");
+	if (!mkdtemp(f->dir)) {
+		free(f);
+		return -1;
+	}
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fixture *f = *state;
+	char cmd[512];
+	int rc;
+
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->dir);
+	rc = system(cmd);
+	free(f);
+	return rc == 0 ? 0 : -1;
+}
+
+/* Run a shell command built from @fmt; returns its exit status. */
+__attribute__((format(printf, 1, 2))) static int sh(const char *fmt, ...)
+{
+	char cmd[2048];
+	va_list ap;
+	int rc;
+
+	va_start(ap, fmt);
+	vsnprintf(cmd, sizeof(cmd), fmt, ap);
+	va_end(ap);
+	rc = system(cmd);
+	if (rc == -1 || !WIFEXITED(rc))
+		return -1;
+	return WEXITSTATUS(rc);
+}
+
+/* Deterministic content: random bytes, text, or both mixed per 3 KiB. */
+enum content { RANDOM, TEXT, MIXED };
+
+static void fill_content(unsigned char *p, size_t n, enum content kind, uint64_t seed)
+{
+	static const char *const words[] = { "the ", "archive ", "stream ", "of ",
+					     "blocks ", "is ", "pulled ", "and\n" };
+	uint64_t x = seed * 2654435761u + 88172645463325252ull;
+	size_t i = 0;
+
+	while (i < n) {
+		int rnd = kind == RANDOM || (kind == MIXED && (i / 3072) % 2 == 0);
+
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		if (rnd) {
+			p[i++] = (unsigned char)(x >> 24);
+		} else {
+			const char *w = words[x % 8];
+
+			while (*w && i < n)
+				p[i++] = (unsigned char)*w++;
+		}
+	}
+}
+
+static void make_file(const char *path, size_t n, enum content kind, uint64_t seed)
+{
+	unsigned char *p = malloc(n ? n : 1);
+	struct timespec ts[2] = { { .tv_sec = MTIME }, { .tv_sec = MTIME } };
+	int fd;
+
+	assert_non_null(p);
+	fill_content(p, n, kind, seed);
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, p, n), (ssize_t)n);
+	assert_int_equal(fchmod(fd, 0640), 0);
+	assert_int_equal(futimens(fd, ts), 0);
+	close(fd);
+	free(p);
+}
+
+static void sha256_file(const char *path, char *hex)
+{
+	static const char digits[] = "0123456789abcdef";
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	unsigned char buf[65536], d[32];
+	unsigned int dl = 0, i;
+	ssize_t r;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+	assert_true(fd >= 0);
+	assert_non_null(md);
+	assert_int_equal(EVP_DigestInit_ex(md, EVP_sha256(), NULL), 1);
+	while ((r = read(fd, buf, sizeof(buf))) > 0)
+		EVP_DigestUpdate(md, buf, (size_t)r);
+	assert_int_equal(r, 0);
+	EVP_DigestFinal_ex(md, d, &dl);
+	for (i = 0; i < 32; i++) {
+		hex[2 * i] = digits[d[i] >> 4];
+		hex[2 * i + 1] = digits[d[i] & 15];
+	}
+	hex[64] = '\0';
+	EVP_MD_CTX_free(md);
+	close(fd);
+}
+
+/*
+ * Stream @src (tar name @name) with @o into @dst, reading @chunk bytes at a
+ * time.  Returns 0 or the stream's error; *fmt_out, *in_out, *out_out tell
+ * what was done, @hex the sha256 (when 0 is returned).
+ */
+static int stream_to(const struct arc_opts *o, const char *src, const char *name,
+		     const char *dst, size_t chunk, enum arc_format *fmt_out, uint64_t *in_out,
+		     char *hex)
+{
+	struct arc_stream *s = NULL;
+	unsigned char *buf = malloc(chunk);
+	uint64_t total = 0;
+	struct stat st;
+	ssize_t r;
+	int fd = open(src, O_RDONLY | O_CLOEXEC);
+	int out = open(dst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	int rc;
+
+	assert_non_null(buf);
+	assert_true(fd >= 0 && out >= 0);
+	assert_int_equal(fstat(fd, &st), 0);
+	rc = arc_stream_open_file(o, fd, name, &st, &s);
+	assert_int_equal(rc, 0);
+	while ((r = arc_stream_read(s, buf, chunk)) > 0) {
+		assert_int_equal(write(out, buf, (size_t)r), r);
+		total += (uint64_t)r;
+		if ((size_t)r < chunk)	/* short only at the end */
+			assert_int_equal(arc_stream_read(s, buf, chunk), 0);
+	}
+	rc = r < 0 ? (int)r : 0;
+	if (!rc) {
+		assert_int_equal(arc_stream_bytes_out(s), total);
+		assert_int_equal(arc_stream_sha256(s, hex), 0);
+	}
+	*fmt_out = arc_stream_format(s);
+	*in_out = arc_stream_bytes_in(s);
+	arc_stream_free(s);
+	close(out);
+	close(fd);
+	free(buf);
+	return rc;
+}
+
+/* Check @arc (format @fmt) holds @src as @name, with the real tools. */
+static void verify(struct fixture *f, enum arc_format fmt, const char *arc, const char *src,
+		   const char *name)
+{
+	char ex[512], path[1024];
+	struct stat st;
+
+	switch (fmt) {
+	case ARC_TAR_GZ:
+	case ARC_TAR:
+		if (fmt == ARC_TAR_GZ)
+			assert_int_equal(sh("gzip -t '%s'", arc), 0);
+		snprintf(ex, sizeof(ex), "%s/ex", f->dir);
+		assert_int_equal(sh("rm -rf '%s' && mkdir '%s' && tar -x%sf '%s' -C '%s'", ex, ex,
+				    fmt == ARC_TAR_GZ ? "z" : "", arc, ex),
+				 0);
+		snprintf(path, sizeof(path), "%s/%s", ex, name);
+		assert_int_equal(sh("cmp '%s' '%s'", path, src), 0);
+		assert_int_equal(stat(path, &st), 0);
+		assert_int_equal(st.st_mode & 07777, 0640);
+		assert_int_equal(st.st_mtime, MTIME);
+		assert_int_equal(sh("rm -rf '%s'", ex), 0);
+		break;
+	case ARC_GZIP:
+		assert_int_equal(sh("gzip -t '%s' && gzip -dc '%s' | cmp - '%s'", arc, arc, src), 0);
+		break;
+	case ARC_NONE:
+		assert_int_equal(sh("cmp '%s' '%s'", arc, src), 0);
+		break;
+	default:
+		fail();
+	}
+}
+
+static void roundtrip(struct fixture *f, enum arc_format fmt, size_t size, int threads,
+		      size_t block, size_t chunk)
+{
+	struct arc_opts o = { .format = fmt, .level = 6, .threads = threads, .block_size = block };
+	char src[512], arc[512], name[64], hex[65], want[65];
+	enum arc_format done;
+	uint64_t in = 0;
+
+	snprintf(name, sizeof(name), "f%zu.bin", size);
+	snprintf(src, sizeof(src), "%s/%s", f->dir, name);
+	snprintf(arc, sizeof(arc), "%s/out%s", f->dir, arc_format_suffix(fmt));
+	make_file(src, size, MIXED, size);
+	assert_int_equal(stream_to(&o, src, name, arc, chunk, &done, &in, hex), 0);
+	assert_int_equal(done, fmt);
+	assert_int_equal(in, size);
+	sha256_file(src, want);
+	assert_string_equal(hex, want);
+	verify(f, fmt, arc, src, name);
+	unlink(arc);
+	unlink(src);
+}
+
+/* ---- tar headers ---- */
+
+static uint64_t parse_octal(const unsigned char *p, size_t width)
+{
+	uint64_t v = 0;
+	size_t i;
+
+	for (i = 0; i < width && p[i] >= '0' && p[i] <= '7'; i++)
+		v = v * 8 + (uint64_t)(p[i] - '0');
+	return v;
+}
+
+static void check_ustar(const unsigned char *h)
+{
+	unsigned int sum = 0, i;
+
+	assert_memory_equal(h + 257, "ustar\0", 6);
+	assert_memory_equal(h + 263, "00", 2);
+	for (i = 0; i < 512; i++)
+		sum += i >= 148 && i < 156 ? ' ' : h[i];
+	assert_int_equal(parse_octal(h + 148, 8), sum);
+	assert_int_equal(h[154], '\0');
+	assert_int_equal(h[155], ' ');
+}
+
+static struct stat file_stat(uint64_t size)
+{
+	struct stat st;
+
+	memset(&st, 0, sizeof(st));
+	st.st_mode = S_IFREG | 0640;
+	st.st_uid = 1000;
+	st.st_gid = 100;
+	st.st_size = (off_t)size;
+	st.st_mtime = MTIME;
+	return st;
+}
+
+static void test_format_names(void **state)
+{
+	static const char *const names[] = { "tar.gz", "gzip", "tar", "none", "auto" };
+	enum arc_format f;
+	int i;
+
+	(void)state;
+	for (i = 0; i <= ARC_AUTO; i++) {
+		assert_int_equal(arc_format_parse(names[i], &f), 0);
+		assert_int_equal(f, i);
+		assert_string_equal(arc_format_name(f), names[i]);
+	}
+	assert_int_equal(arc_format_parse("zip", &f), -EINVAL);
+	assert_string_equal(arc_format_suffix(ARC_TAR_GZ), ".tar.gz");
+	assert_string_equal(arc_format_suffix(ARC_GZIP), ".gz");
+	assert_string_equal(arc_format_suffix(ARC_TAR), ".tar");
+	assert_string_equal(arc_format_suffix(ARC_NONE), "");
+}
+
+static void test_tar_header_fields(void **state)
+{
+	struct stat st = file_stat(12345);
+	unsigned char h[2048];
+
+	(void)state;
+	assert_int_equal(arc_tar_header("dir/file.txt", &st, '0', h, sizeof(h)), 512);
+	check_ustar(h);
+	assert_string_equal((const char *)h, "dir/file.txt");
+	assert_int_equal(parse_octal(h + 100, 8), 0640);
+	assert_int_equal(parse_octal(h + 108, 8), 1000);
+	assert_int_equal(parse_octal(h + 116, 8), 100);
+	assert_int_equal(parse_octal(h + 124, 12), 12345);
+	assert_int_equal(parse_octal(h + 136, 12), MTIME);
+	assert_memory_equal(h + 124, "00000030071\0", 12);
+	assert_int_equal(h[156], '0');
+	assert_int_equal(h[345], '\0');	/* no prefix */
+
+	/* directories: '5', size 0, name ends in '/' */
+	st.st_mode = S_IFDIR | 0755;
+	assert_int_equal(arc_tar_header("adir", &st, '5', h, sizeof(h)), 512);
+	check_ustar(h);
+	assert_string_equal((const char *)h, "adir/");
+	assert_int_equal(parse_octal(h + 124, 12), 0);
+	assert_int_equal(h[156], '5');
+
+	assert_int_equal(arc_tar_header("x", &st, '0', h, 511), -ENOSPC);
+	assert_int_equal(arc_tar_header("", &st, '0', h, sizeof(h)), -EINVAL);
+}
+
+static void test_tar_header_exact_100_and_split(void **state)
+{
+	struct stat st = file_stat(1);
+	unsigned char h[2048];
+	char name[200];
+
+	(void)state;
+	memset(name, 'a', 100);
+	name[100] = '\0';
+	assert_int_equal(arc_tar_header(name, &st, '0', h, sizeof(h)), 512);
+	check_ustar(h);
+	assert_memory_equal(h, name, 100);
+
+	/* 150 chars with a slash at 60: prefix 60 + name 89, no pax */
+	memset(name, 'b', 150);
+	name[60] = '/';
+	name[150] = '\0';
+	assert_int_equal(arc_tar_header(name, &st, '0', h, sizeof(h)), 512);
+	check_ustar(h);
+	assert_memory_equal(h + 345, name, 60);
+	assert_int_equal(h[345 + 60], '\0');
+	assert_memory_equal(h, name + 61, 89);
+	assert_int_equal(h[89], '\0');
+}
+
+/* Check the pax header at @h holds exactly the one record @key=@val. */
+static void check_pax_record(const unsigned char *h, const char *key, const char *val)
+{
+	char rec[1024];
+	size_t size = (size_t)parse_octal(h + 124, 12);
+	size_t len;
+	char *end = NULL;
+
+	check_ustar(h);
+	assert_int_equal(h[156], 'x');
+	assert_memory_equal(h, "PaxHeaders/", 11);
+	assert_true(size < sizeof(rec));
+	memcpy(rec, h + 512, size);
+	rec[size] = '\0';
+	len = strtoul(rec, &end, 10);
+	assert_int_equal(len, size);	/* one record, its length counts itself */
+	assert_int_equal(*end, ' ');
+	assert_int_equal(rec[size - 1], '\n');
+	assert_int_equal(strncmp(end + 1, key, strlen(key)), 0);
+	assert_int_equal(end[1 + strlen(key)], '=');
+	assert_int_equal(strlen(end + 2 + strlen(key)), strlen(val) + 1);
+	assert_memory_equal(end + 2 + strlen(key), val, strlen(val));
+}
+
+static void test_tar_header_pax_long_name(void **state)
+{
+	struct stat st = file_stat(7);
+	unsigned char h[2048 + 200];
+	char name[151];
+	ssize_t n;
+
+	(void)state;
+	memset(name, 'c', 150);	/* no slash: cannot be split */
+	name[150] = '\0';
+	n = arc_tar_header(name, &st, '0', h, sizeof(h));
+	assert_int_equal(n, 1536);
+	check_pax_record(h, "path", name);
+	/* "160 path=" + 150 + "\n" = 160 bytes: the self-inclusive length */
+	assert_memory_equal(h + 512, "160 path=", 9);
+	check_ustar(h + 1024);
+	assert_int_equal(h[1024 + 156], '0');
+	assert_int_equal(parse_octal(h + 1024 + 124, 12), 7);
+
+	/* the 2 -> 3 digit boundary: 98 bytes without the length, so 101 with it */
+	name[0] = '\xc3';
+	name[1] = '\xa9';
+	memset(name + 2, 'd', 89);
+	name[91] = '\0';
+	st.st_size = 0;
+	n = arc_tar_header(name, &st, '0', h, sizeof(h));
+	assert_int_equal(n, 1536);
+	check_pax_record(h, "path", name);
+	assert_memory_equal(h + 512, "101 path=\xc3\xa9" "d", 12);
+	assert_int_equal(parse_octal(h + 124, 12), 101);
+
+	/* a 2-byte name: 9 bytes without the length, 11 with it */
+	n = arc_tar_header("\xc3\xa9", &st, '0', h, sizeof(h));
+	assert_int_equal(n, 1536);
+	assert_memory_equal(h + 512, "11 path=\xc3\xa9\n", 11);
+}
+
+static void test_tar_header_pax_utf8(void **state)
+{
+	struct stat st = file_stat(3);
+	const char *name = "caf\xc3\xa9/r\xc3\xa9sum\xc3\xa9.txt";
+	unsigned char h[2048 + 64];
+
+	(void)state;
+	assert_int_equal(arc_tar_header(name, &st, '0', h, sizeof(h)), 1536);
+	check_pax_record(h, "path", name);
+	check_ustar(h + 1024);
+	/* the ustar fallback name is ASCII only */
+	assert_string_equal((const char *)h + 1024, "caf__/r__sum__.txt");
+}
+
+static void test_tar_header_huge_size(void **state)
+{
+	struct fixture *f = *state;
+	struct stat st = file_stat((uint64_t)200 << 30);	/* 200 GiB */
+	unsigned char h[2048 + 16];
+	char path[512];
+	ssize_t n;
+	int fd;
+
+	n = arc_tar_header("big.bin", &st, '0', h, sizeof(h));
+	assert_int_equal(n, 1536);
+	check_pax_record(h, "size", "214748364800");
+	check_ustar(h + 1024);
+	assert_int_equal(h[1024 + 124], 0x80);	/* base-256 for non-pax readers */
+
+	/* GNU tar reads the header and lists the full size (then hits EOF) */
+	snprintf(path, sizeof(path), "%s/h.tar", f->dir);
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, h, (size_t)n), n);
+	close(fd);
+	assert_int_equal(sh("tar -tvf '%s' 2>/dev/null | grep -q ' 214748364800 .* big.bin$'", path),
+			 0);
+
+	/* just under 8 GiB still fits the octal field */
+	st.st_size = (off_t)(((uint64_t)1 << 33) - 1);
+	assert_int_equal(arc_tar_header("big.bin", &st, '0', h, sizeof(h)), 512);
+	assert_memory_equal(h + 124, "77777777777\0", 12);
+}
+
+/* ---- streams ---- */
+
+static const size_t sizes[] = {
+	0,
+	1,
+	SMALL_BLOCK - 1,
+	SMALL_BLOCK,
+	SMALL_BLOCK + 1,
+	3 * SMALL_BLOCK + 17,
+	(1u << 20) - 1,
+	(1u << 20) + 100,
+};
+
+static void roundtrip_all_sizes(struct fixture *f, enum arc_format fmt)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+		roundtrip(f, fmt, sizes[i], 1, SMALL_BLOCK, 7777);
+		roundtrip(f, fmt, sizes[i], 4, SMALL_BLOCK, 65536);
+	}
+	/* the default block size and thread count */
+	roundtrip(f, fmt, (1u << 20) + 12345, 0, 0, 1u << 20);
+	roundtrip(f, fmt, 3 * ARC_BLOCK_DEFAULT, 2, 0, 1000);
+}
+
+static void test_stream_tar_gz(void **state)
+{
+	roundtrip_all_sizes(*state, ARC_TAR_GZ);
+}
+
+static void test_stream_gzip(void **state)
+{
+	roundtrip_all_sizes(*state, ARC_GZIP);
+}
+
+static void test_stream_tar(void **state)
+{
+	roundtrip_all_sizes(*state, ARC_TAR);
+}
+
+static void test_stream_none(void **state)
+{
+	roundtrip_all_sizes(*state, ARC_NONE);
+}
+
+static void test_stream_levels(void **state)
+{
+	struct fixture *f = *state;
+	int level;
+
+	for (level = 1; level <= 9; level += 4) {
+		struct arc_opts o = { .format = ARC_TAR_GZ, .level = level, .threads = 3,
+				      .block_size = 32768 };
+		char src[512], arc[512], hex[65];
+		enum arc_format done;
+		uint64_t in;
+
+		snprintf(src, sizeof(src), "%s/lv.bin", f->dir);
+		snprintf(arc, sizeof(arc), "%s/lv.tar.gz", f->dir);
+		make_file(src, 500000, MIXED, 7);
+		assert_int_equal(stream_to(&o, src, "lv.bin", arc, 4096, &done, &in, hex), 0);
+		verify(f, ARC_TAR_GZ, arc, src, "lv.bin");
+	}
+}
+
+static void test_stream_long_and_utf8_names(void **state)
+{
+	static const char *const names[] = {
+		"caf\xc3\xa9-r\xc3\xa9sum\xc3\xa9.txt",
+		"a-very-long-name-without-any-slash-that-cannot-be-split-into-a-ustar-prefix-"
+		"and-name-so-it-needs-a-pax-path-record-in-front-of-it-0123456789.bin",
+	};
+	struct fixture *f = *state;
+	size_t i;
+
+	for (i = 0; i < 2; i++) {
+		struct arc_opts o = { .format = ARC_TAR_GZ, .threads = 2, .block_size = SMALL_BLOCK };
+		char src[512], arc[512], hex[65];
+		enum arc_format done;
+		uint64_t in;
+
+		snprintf(src, sizeof(src), "%s/%s", f->dir, names[i]);
+		snprintf(arc, sizeof(arc), "%s/n.tar.gz", f->dir);
+		make_file(src, 20000, TEXT, i);
+		assert_int_equal(stream_to(&o, src, names[i], arc, 65536, &done, &in, hex), 0);
+		verify(f, ARC_TAR_GZ, arc, src, names[i]);
+		unlink(src);
+	}
+}
+
+static void test_auto(void **state)
+{
+	struct fixture *f = *state;
+	static const struct {
+		enum content kind;
+		size_t size;
+		enum arc_format want;
+	} cases[] = {
+		{ RANDOM, 1u << 20, ARC_TAR },
+		{ TEXT, 1u << 20, ARC_TAR_GZ },
+		{ RANDOM, 100, ARC_TAR_GZ },	/* under 4 KiB: always tar.gz */
+		{ RANDOM, 100000, ARC_TAR },	/* one sample, the whole file */
+	};
+	size_t i;
+
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct arc_opts o = { .format = ARC_AUTO, .block_size = SMALL_BLOCK };
+		char src[512], arc[512], hex[65];
+		enum arc_format done;
+		uint64_t in;
+
+		snprintf(src, sizeof(src), "%s/auto.bin", f->dir);
+		snprintf(arc, sizeof(arc), "%s/auto.out", f->dir);
+		make_file(src, cases[i].size, cases[i].kind, i + 1);
+		assert_int_equal(stream_to(&o, src, "auto.bin", arc, 65536, &done, &in, hex), 0);
+		assert_int_equal(done, cases[i].want);
+		verify(f, done, arc, src, "auto.bin");
+	}
+}
+
+static void test_lazy_threads(void **state)
+{
+	struct fixture *f = *state;
+	struct arc_opts o = { .format = ARC_TAR_GZ, .threads = 4 };
+	struct arc_stream *s = NULL;
+	unsigned char buf[65536];
+	char src[512];
+	struct stat st;
+	int fd;
+
+	snprintf(src, sizeof(src), "%s/small.bin", f->dir);
+	make_file(src, 10000, TEXT, 1);
+	fd = open(src, O_RDONLY | O_CLOEXEC);
+	assert_true(fd >= 0);
+	assert_int_equal(fstat(fd, &st), 0);
+	assert_int_equal(arc_stream_open_file(&o, fd, "small.bin", &st, &s), 0);
+	assert_int_equal(arc_stream_workers(s), 0);
+	assert_true(arc_stream_read(s, buf, sizeof(buf)) > 0);
+	assert_int_equal(arc_stream_workers(s), 0);	/* one block: no thread */
+	assert_int_equal(arc_stream_read(s, buf, sizeof(buf)), 0);
+	arc_stream_free(s);
+	s = NULL;
+
+	o.block_size = SMALL_BLOCK;	/* now several blocks: the workers start */
+	assert_int_equal(arc_stream_open_file(&o, fd, "small.bin", &st, &s), 0);
+	assert_int_equal(arc_stream_workers(s), 0);
+	assert_true(arc_stream_read(s, buf, 100) == 100);
+	assert_int_equal(arc_stream_workers(s), 3);	/* capped at the 3 blocks */
+	arc_stream_free(s);	/* mid-stream: joins the workers */
+	close(fd);
+}
+
+static void test_shrink_is_enodata(void **state)
+{
+	static const enum arc_format fmts[] = { ARC_TAR_GZ, ARC_GZIP, ARC_TAR, ARC_NONE };
+	struct fixture *f = *state;
+	size_t i;
+
+	for (i = 0; i < 4; i++) {
+		struct arc_opts o = { .format = fmts[i], .threads = 2, .block_size = SMALL_BLOCK };
+		struct arc_stream *s = NULL;
+		unsigned char buf[65536];
+		char src[512];
+		struct stat st;
+		ssize_t r;
+		int fd;
+
+		snprintf(src, sizeof(src), "%s/shrink.bin", f->dir);
+		make_file(src, 1u << 20, MIXED, 3);
+		fd = open(src, O_RDWR | O_CLOEXEC);
+		assert_true(fd >= 0);
+		assert_int_equal(fstat(fd, &st), 0);
+		assert_int_equal(arc_stream_open_file(&o, fd, "shrink.bin", &st, &s), 0);
+		assert_int_equal(ftruncate(fd, 300000), 0);
+		while ((r = arc_stream_read(s, buf, sizeof(buf))) > 0)
+			;
+		assert_int_equal(r, -ENODATA);
+		assert_int_equal(arc_stream_read(s, buf, sizeof(buf)), -ENODATA);	/* sticky */
+		assert_int_equal(arc_stream_sha256(s, (char[65]){ 0 }), -EAGAIN);
+		arc_stream_free(s);
+		close(fd);
+	}
+}
+
+static void test_open_errors(void **state)
+{
+	struct fixture *f = *state;
+	struct arc_opts o = { .format = ARC_TAR_GZ };
+	struct arc_stream *s = NULL;
+	struct stat st;
+	int fd = open(f->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+	assert_true(fd >= 0);
+	assert_int_equal(fstat(fd, &st), 0);
+	assert_int_equal(arc_stream_open_file(&o, fd, "d", &st, &s), -EISDIR);
+	st = file_stat(0);
+	o.level = 10;
+	assert_int_equal(arc_stream_open_file(&o, fd, "d", &st, &s), -EINVAL);
+	o.level = 0;
+	o.block_size = 100;
+	assert_int_equal(arc_stream_open_file(&o, fd, "d", &st, &s), -EINVAL);
+	o.block_size = 0;
+	assert_int_equal(arc_stream_open_file(&o, fd, "", &st, &s), -EINVAL);
+	assert_null(s);
+	close(fd);
+	arc_stream_free(NULL);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_format_names),
+		cmocka_unit_test(test_tar_header_fields),
+		cmocka_unit_test(test_tar_header_exact_100_and_split),
+		cmocka_unit_test(test_tar_header_pax_long_name),
+		cmocka_unit_test(test_tar_header_pax_utf8),
+		cmocka_unit_test_setup_teardown(test_tar_header_huge_size, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_stream_tar_gz, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_stream_gzip, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_stream_tar, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_stream_none, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_stream_levels, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_stream_long_and_utf8_names, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_auto, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_lazy_threads, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_shrink_is_enodata, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
