@@ -88,6 +88,7 @@ struct job {
 	size_t nparts;
 	struct s3_part *have;	/* parts the server already has (resume) */
 	size_t nhave;
+	int dry;		/* only hash the parts: the upload may be complete already */
 	uint64_t sent;		/* bytes of parts done */
 };
 
@@ -321,6 +322,52 @@ int engine_unit_changed(struct engine *e, const char *name)
 	return rc;
 }
 
+struct werr_arg {
+	const char *name;
+	int err;
+};
+
+static int write_failed_fn(struct store_record *rec, void *arg)
+{
+	const struct werr_arg *w = arg;
+	char eb[128];
+
+	rec->status = STORE_FAILED;
+	snprintf(rec->error, sizeof(rec->error),
+		 "writing 'pending/%s' failed (%s): the file is incomplete and was not "
+		 "uploaded; free space if needed and write it again",
+		 w->name, mgmtfs_strerror(w->err, eb, sizeof(eb)));
+	return 0;
+}
+
+void engine_unit_write_failed(struct engine *e, const char *name, int err)
+{
+	char rel[PATH_MAX];
+	uint64_t id;
+	int rc;
+
+	if (cfg_name_ignored(e->cfg, name))
+		return;
+	/* make sure a record exists (queued), then mark it failed; never schedule it */
+	rc = engine_unit_changed(e, name);
+	pthread_mutex_lock(&e->lock);
+	{
+		struct unit *u = unit_find(e, name);
+
+		if (u && u->state == U_WAITING)
+			unit_remove(e, u);
+		else if (u && u->state == U_READY) {
+			ready_remove(e, u);
+			unit_remove(e, u);
+		}
+	}
+	pthread_mutex_unlock(&e->lock);
+	pending_rel(name, rel, sizeof(rel));
+	if (!rc && !store_find_path(e->fs->st, rel, &id))
+		fs_record_update(e->fs, id, write_failed_fn, &(struct werr_arg){ name, err });
+	mgmtfs_warn("not uploading 'pending/%s': a write into it failed", name);
+}
+
 /* Forget the queue entry of a unit that left pending/ (the record goes too). */
 static void forget_record(struct engine *e, const char *name)
 {
@@ -459,6 +506,7 @@ static void send_part(struct s3_client *c, struct part_task *t)
 
 	md5_of(t->buf, t->len, md5);
 	hex16(md5, hex);
+	skip = j->dry;
 	for (size_t i = 0; i < j->nhave; i++) {
 		if (j->have[i].partno == t->partno && !strcmp(j->have[i].etag, hex) &&
 		    j->have[i].size == t->len)
@@ -707,7 +755,15 @@ static int upload_multi(struct engine *e, struct s3_client *c, struct unit *u,
 		snprintf(r->key, sizeof(r->key), "%s", rec->s3_object_key);
 		snprintf(r->upload_id, sizeof(r->upload_id), "%s", rec->upload_id);
 		rc = s3_mpu_list_parts(c, r->key, r->upload_id, &j.have, &j.nhave);
-		if (rc) {
+		if (rc == -ENOENT) {
+			/*
+			 * No such upload: it was completed (or aborted) just before a
+			 * crash.  Make the parts again without sending them and compare
+			 * the object's ETag at the end: uploaded once, never twice.
+			 */
+			j.dry = 1;
+			rc = 0;
+		} else if (rc) {
 			mgmtfs_info("cannot resume the upload of 'pending/%s' (%s): starting again",
 				    name, s3_client_error(c));
 			s3_mpu_abort(c, r->key, r->upload_id);
@@ -831,6 +887,19 @@ static int upload_multi(struct engine *e, struct s3_client *c, struct unit *u,
 	if (rc)
 		goto out;
 	r->out = total;
+	s3_multipart_etag((const unsigned char(*)[16])j.md5s, partno, want);
+	if (j.dry) {
+		rc = s3_head_object(c, r->key, &info);
+		r->upload_id[0] = '\0';
+		r->resumable = 0;
+		if (rc == 0 && info.size == total && !strcmp(info.etag, want)) {
+			mgmtfs_info("'pending/%s' was uploaded completely before the restart", name);
+			snprintf(r->etag, sizeof(r->etag), "%s", info.etag);
+			goto out;
+		}
+		rc = -EEXIST;	/* start again from scratch */
+		goto out;
+	}
 	/* RGW ignores If-None-Match on complete: check that nobody took the key meanwhile */
 	rc = s3_head_object(c, r->key, &info);
 	if (rc == 0) {
@@ -852,7 +921,6 @@ static int upload_multi(struct engine *e, struct s3_client *c, struct unit *u,
 		snprintf(r->error, sizeof(r->error), "%s", s3_client_error(c));
 		goto out;
 	}
-	s3_multipart_etag((const unsigned char(*)[16])j.md5s, partno, want);
 	if (info.size != total || strcmp(info.etag, want)) {
 		rc = -EBADMSG;
 		snprintf(r->error, sizeof(r->error),
@@ -1284,6 +1352,86 @@ static void recover(struct engine *e)
 	rescan(e, 1);
 }
 
+/*
+ * Abort multipart uploads a crash left behind that no record owns: a
+ * crash between CreateMultipartUpload and writing its id to the record.
+ * Only uploads of keys made from the name of one of our own active units
+ * are touched, so another user of the bucket is never disturbed.
+ */
+struct orphan_arg {
+	struct store_record **recs;
+	size_t n;
+};
+
+static int collect_active(const struct store_record *rec, void *arg)
+{
+	struct orphan_arg *o = arg;
+	struct store_record **grown;
+
+	if (strncmp(rec->original_path, "pending/", 8))
+		return 0;
+	grown = realloc(o->recs, (o->n + 1) * sizeof(*grown));
+	if (!grown)
+		return -ENOMEM;
+	o->recs = grown;
+	o->recs[o->n] = malloc(sizeof(**grown));
+	if (!o->recs[o->n])
+		return -ENOMEM;
+	memcpy(o->recs[o->n++], rec, sizeof(*rec));
+	return 0;
+}
+
+struct orphan_scan {
+	struct engine *e;
+	struct orphan_arg *o;
+	struct s3_client *c;
+};
+
+static int orphan_cb(const char *key, const char *upload_id, void *arg)
+{
+	struct orphan_scan *os = arg;
+	const char *prefix = os->e->cfg->prefix;
+	size_t plen = strlen(prefix);
+	const char *base = key + plen + (plen ? 1 : 0);
+	int ours = 0;
+
+	if (plen && (strncmp(key, prefix, plen) || key[plen] != '/'))
+		return 0;
+
+	for (size_t i = 0; i < os->o->n; i++) {
+		const struct store_record *rec = os->o->recs[i];
+		const char *name = rec->original_path + 8;
+		size_t len = strlen(name);
+
+		if (!strcmp(rec->upload_id, upload_id))
+			return 0;	/* owned: it will be resumed */
+		if (!strncmp(base, name, len) && (base[len] == '.' || base[len] == '_' || !base[len]))
+			ours = 1;
+	}
+	if (ours) {
+		mgmtfs_info("aborting a multipart upload of '%s' left by a crash", key);
+		s3_mpu_abort(os->c, key, upload_id);
+	}
+	return 0;
+}
+
+static void abort_orphans(struct engine *e)
+{
+	struct orphan_arg o = { 0 };
+	struct orphan_scan os = { e, &o, NULL };
+
+	store_list(e->fs->st, STORE_QUEUED, collect_active, &o);
+	store_list(e->fs->st, STORE_UPLOADING, collect_active, &o);
+	store_list(e->fs->st, STORE_FAILED, collect_active, &o);
+	if (o.n && !s3_client_new(&e->s3cfg, &os.c)) {
+		s3_mpu_list(os.c, e->cfg->prefix, orphan_cb, &os);
+		s3_client_free(os.c);
+	}
+	for (size_t i = 0; i < o.n; i++)
+		free(o.recs[i]);
+	free(o.recs);
+}
+
 static void poll_hold(struct engine *e)
 {
 	char v[8];
@@ -1297,6 +1445,7 @@ static void *sched_main(void *arg)
 	struct engine *e = arg;
 	double next_scan = fs_monotonic() + RESCAN_SECONDS;
 
+	abort_orphans(e);
 	for (;;) {
 		char due_names[64][NAME_MAX + 1];
 		int ndue = 0;

@@ -92,6 +92,12 @@ int engine_unit_changed(struct engine *e, const char *name);
  */
 void engine_unit_touched(struct engine *e, const char *name, int gone);
 
+/*
+ * A write into the unit failed (@err, e.g. ENOSPC): the file is not whole,
+ * so it is not uploaded; its record says failed, with what to do.
+ */
+void engine_unit_write_failed(struct engine *e, const char *name, int err);
+
 /* Bytes done / total of the unit's upload in flight; 0 or -ENOENT. */
 int engine_progress(struct engine *e, uint64_t id, uint64_t *done, uint64_t *total);
 

@@ -45,6 +45,7 @@ struct fh {
 	int fd;
 	int writer;		/* counted in the unit's writers */
 	int wrote;		/* a write happened: the unit was told once */
+	int write_error;	/* a write failed (ENOSPC...): the file is not whole */
 };
 
 struct dh {
@@ -915,10 +916,12 @@ static void op_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in,
 	out.buf[0].fd = h->fd;
 	out.buf[0].pos = off;
 	n = fuse_buf_copy(&out, in, 0);
-	if (n < 0)
+	if (n < 0) {
+		h->write_error = (int)-n;
 		fuse_reply_err(req, (int)-n);
-	else
+	} else {
 		fuse_reply_write(req, (size_t)n);
+	}
 }
 
 static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -938,7 +941,9 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	if (h->writer) {
 		writer_add(fs, ino, -1, unit, sizeof(unit));
 		/* the last writer of the unit is gone: queue it (in LMDB) now */
-		if (unit[0])
+		if (unit[0] && h->write_error)
+			engine_unit_write_failed(fs->eng, unit, h->write_error);
+		else if (unit[0])
 			engine_unit_changed(fs->eng, unit);
 	}
 	free(h);

@@ -897,8 +897,8 @@ static struct s3_verdict attempt_once(struct s3_client *c, const struct s3_req *
 	if (v.rc) {
 		char k[S3_ESC_MAX];
 
-		mgmtfs_debug("s3: %s '%s' -> %ld (curl %d): %s", rq->method, esc(rq->key, k, sizeof(k)),
-			     rs->status, (int)cc, c->err_what);
+		mgmtfs_debug("s3: %s '%s/%s' -> %ld (curl %d): %s", rq->method, c->bucket,
+			     esc(rq->key, k, sizeof(k)), rs->status, (int)cc, c->err_what);
 	}
 
 out:
@@ -955,8 +955,9 @@ static int s3_call(struct s3_client *c, const struct s3_req *rq, struct s3_resp 
 		}
 		if (slept + d > c->retry_max_seconds)
 			d = c->retry_max_seconds - slept;
-		mgmtfs_info("s3: %s '%s': %s; attempt %d of %d, next in %.2f s", rq->method,
-			    esc(rq->key, k, sizeof(k)), c->err_what, attempt, c->max_attempts, d);
+		mgmtfs_info("s3: %s '%s/%s': %s; attempt %d of %d, next in %.2f s", rq->method,
+			    c->bucket, esc(rq->key, k, sizeof(k)), c->err_what, attempt,
+			    c->max_attempts, d);
 		if (sleep_cancellable(c, d)) {
 			v.rc = -ECANCELED;
 			c->err_hint[0] = '\0';

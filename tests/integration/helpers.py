@@ -33,15 +33,15 @@ def is_mounted(path):
 
 
 def sanitizer_findings(text, what="daemon"):
-    """One complaint per sanitizer report found in @text."""
-    return [f"{what} output has '{m}':\n{tail(text)}" for m in SANITIZER_MARKS if m in text]
+    """One complaint per kind of sanitizer report found in @text."""
+    return [f"{what} output has '{m}'" for m in SANITIZER_MARKS if m in text]
 
 
 def tail(text, lines=60):
     return "\n".join(text.splitlines()[-lines:])
 
 
-def daemon_env(home, **overrides):
+def daemon_env(home, overrides):
     """The caller's environment without any mgmtfs or AWS settings, plus @overrides."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("MGMT_", "AWS_"))}
@@ -105,7 +105,7 @@ def write_source(directory, name, data, mode=0o640, mtime=1700000000):
 
 def getfattr(path):
     """`getfattr -d` of @path (the real command) as {name: value}."""
-    p = subprocess.run(["getfattr", "-d", "--absolute-names", "--", str(path)],
+    p = subprocess.run(["getfattr", "-d", "-e", "text", "--absolute-names", "--", str(path)],
                        capture_output=True, timeout=30)
     assert p.returncode == 0, f"getfattr -d {path}: {p.stderr.decode(errors='replace')}"
     out = {}
@@ -113,7 +113,7 @@ def getfattr(path):
         if not line or line.startswith("#"):
             continue
         name, sep, value = line.partition("=")
-        if sep:  # "value" with \ooo escapes; bytes >= 0x80 escaped too
+        if sep:  # -e text: "value", with \ooo escapes (bytes >= 0x80 too)
             value = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), value[1:-1])
         out[name.encode("latin-1").decode()] = value.encode("latin-1").decode()
     return out
@@ -167,8 +167,8 @@ class Mount:
         self.options = {"bucket": s3.bucket, "prefix": prefix, "local_dir": self.local,
                         "settle": "0.2", "endpoint": s3.endpoint, "region": s3.region}
         self.options.update(options or {})
-        self.env = daemon_env(self.base, AWS_ACCESS_KEY_ID=s3.access_key,
-                              AWS_SECRET_ACCESS_KEY=s3.secret_key, **(env or {}))
+        self.env = daemon_env(self.base, {"AWS_ACCESS_KEY_ID": s3.access_key,
+                                          "AWS_SECRET_ACCESS_KEY": s3.secret_key, **(env or {})})
         self.proc = None
         self.watchdog_fired = False
         self._watchdog = None
@@ -272,6 +272,7 @@ class Mount:
         """Run `mgmtfs ARGS --local-dir LOCAL`; fails on sanitizer output."""
         p = subprocess.run([str(self.binary), *args, "--local-dir", str(self.local)],
                            env=self.env, capture_output=True, timeout=60)
-        findings = sanitizer_findings(p.stderr.decode(errors="replace"), "mgmtfs " + args[0])
-        assert not findings, findings[0]
+        err = p.stderr.decode(errors="replace")
+        findings = sanitizer_findings(err, "mgmtfs " + args[0])
+        assert not findings, f"{findings[0]}:\n{tail(err)}"
         return p

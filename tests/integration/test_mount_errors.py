@@ -46,7 +46,7 @@ def test_mount_fails_cleanly(mgmtfs_bin, s3, workdir, cause, foreground):
             subprocess.run(["fusermount3", "-uz", str(m.mnt)], capture_output=True)
     out, err = p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
 
-    assert not sanitizer_findings(out + err)
+    assert not sanitizer_findings(out + err), err
     assert p.returncode != 0
     assert not mounted
     for secret in {s3.secret_key, m.env["AWS_SECRET_ACCESS_KEY"]}:
