@@ -49,28 +49,28 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
-#define S3_BACKOFF_CAP	 20.0			/* longest single backoff sleep, seconds */
-#define S3_MAX_RESPONSE	 ((size_t)8 << 20)	/* XML responses we are willing to hold */
-#define S3_MAX_HEADERS	 64
-#define S3_KEY_MAX	 1024			/* S3's limit on key length */
-#define S3_ESC_MAX	 256			/* a key quoted in an error message */
+#define S3_BACKOFF_CAP	20.0 /* longest single backoff sleep, seconds */
+#define S3_MAX_RESPONSE ((size_t)8 << 20) /* XML responses we are willing to hold */
+#define S3_MAX_HEADERS	64
+#define S3_KEY_MAX	1024 /* S3's limit on key length */
+#define S3_ESC_MAX	256 /* a key quoted in an error message */
 
 /* The secrets, in one place; wiped with OPENSSL_cleanse() before free. */
 struct s3_secrets {
-	char *secret_key;	/* owned */
-	char *session_token;	/* owned, NULL if none */
+	char *secret_key; /* owned */
+	char *session_token; /* owned, NULL if none */
 };
 
 struct s3_client {
-	CURL *easy;		/* owned; reused so connections stay alive */
-	char *endpoint;		/* owned: "http://127.0.0.1:7480", no trailing '/' */
-	char *url_base;		/* owned: scheme://authority the requests go to */
-	char *host_hdr;		/* owned: the Host header, signed */
-	char *path_prefix;	/* owned: "/bucket" path-style, "" virtual-hosted */
-	char *region;		/* owned */
-	char *bucket;		/* owned */
-	char *access_key;	/* owned; not a secret, shown in errors */
-	char *cainfo;		/* owned: $AWS_CA_BUNDLE at creation, NULL if unset */
+	CURL *easy; /* owned; reused so connections stay alive */
+	char *endpoint; /* owned: "http://127.0.0.1:7480", no trailing '/' */
+	char *url_base; /* owned: scheme://authority the requests go to */
+	char *host_hdr; /* owned: the Host header, signed */
+	char *path_prefix; /* owned: "/bucket" path-style, "" virtual-hosted */
+	char *region; /* owned */
+	char *bucket; /* owned */
+	char *access_key; /* owned; not a secret, shown in errors */
+	char *cainfo; /* owned: $AWS_CA_BUNDLE at creation, NULL if unset */
 	struct s3_secrets sec;
 	int https;
 	int insecure;
@@ -79,14 +79,14 @@ struct s3_client {
 	double retry_base_seconds;
 	long connect_timeout;
 	long stall_seconds;
-	const atomic_int *cancel;	/* borrowed */
+	const atomic_int *cancel; /* borrowed */
 	void (*progress_cb)(void *arg, uint64_t sent);
 	void *progress_arg;
-	uint64_t rng;			/* xorshift64* state for the jitter */
+	uint64_t rng; /* xorshift64* state for the jitter */
 	long http_status;
-	char err[S3_ERROR_MAX];		/* what s3_client_error() shows */
-	char err_what[S3_ERROR_MAX];	/* what failed, for the current call */
-	char err_hint[256];		/* what to do about it, may be "" */
+	char err[S3_ERROR_MAX]; /* what s3_client_error() shows */
+	char err_what[S3_ERROR_MAX]; /* what failed, for the current call */
+	char err_hint[256]; /* what to do about it, may be "" */
 	char curl_err[CURL_ERROR_SIZE];
 };
 
@@ -94,15 +94,15 @@ struct s3_resp;
 
 /* One request as a call describes it; every pointer borrowed for the call. */
 struct s3_req {
-	const char *method;		/* "GET", "PUT", "POST", "DELETE", "HEAD" */
-	const char *key;		/* NULL: the bucket itself */
+	const char *method; /* "GET", "PUT", "POST", "DELETE", "HEAD" */
+	const char *key; /* NULL: the bucket itself */
 	const struct sigv4_kv *query;
 	size_t nquery;
-	const struct sigv4_kv *hdrs;	/* extra headers, all signed */
+	const struct sigv4_kv *hdrs; /* extra headers, all signed */
 	size_t nhdrs;
 	const void *body;
 	size_t len;
-	char sha256[SIGV4_HEX_LEN];	/* of the body */
+	char sha256[SIGV4_HEX_LEN]; /* of the body */
 	/* GET only: 2xx bodies go here instead of into the response buffer */
 	int (*sink)(const void *data, size_t len, void *arg);
 	void *sink_arg;
@@ -119,15 +119,15 @@ struct s3_resp {
 	char etag[S3_ETAG_MAX];
 	uint64_t content_length;
 	int have_length;
-	struct s3_buf body;		/* error and XML bodies; capped */
-	char code[64];			/* <Code> of an error body, "" if none */
-	char message[256];		/* <Message>, "" if none */
+	struct s3_buf body; /* error and XML bodies; capped */
+	char code[64]; /* <Code> of an error body, "" if none */
+	char message[256]; /* <Message>, "" if none */
 	/* across attempts */
-	int failed_before;		/* an earlier attempt of this call failed */
-	uint64_t delivered;		/* GET: bytes given to the sink so far */
-	char first_etag[S3_ETAG_MAX];	/* GET: ETag of the first answer, for If-Match */
-	uint64_t skip;			/* GET: bytes to drop from a 200 that ignored Range */
-	int sink_rc;			/* the sink's refusal, 0 if none */
+	int failed_before; /* an earlier attempt of this call failed */
+	uint64_t delivered; /* GET: bytes given to the sink so far */
+	char first_etag[S3_ETAG_MAX]; /* GET: ETag of the first answer, for If-Match */
+	uint64_t skip; /* GET: bytes to drop from a 200 that ignored Range */
+	int sink_rc; /* the sink's refusal, 0 if none */
 };
 
 /* Per attempt: the upload cursor and the pointers callbacks need. */
@@ -135,14 +135,15 @@ struct s3_attempt {
 	struct s3_client *c;
 	const struct s3_req *rq;
 	struct s3_resp *rs;
-	size_t off;			/* bytes of rq->body handed to curl */
+	size_t off; /* bytes of rq->body handed to curl */
 	curl_off_t last_progress;
 };
 
 /* ------------------------------------------------------------------ */
 /* errors */
 
-static void err_what(struct s3_client *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void err_what(struct s3_client *c, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
 static void err_what(struct s3_client *c, const char *fmt, ...)
 {
 	va_list ap;
@@ -152,7 +153,8 @@ static void err_what(struct s3_client *c, const char *fmt, ...)
 	va_end(ap);
 }
 
-static void err_hint(struct s3_client *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void err_hint(struct s3_client *c, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
 static void err_hint(struct s3_client *c, const char *fmt, ...)
 {
 	va_list ap;
@@ -295,7 +297,7 @@ static int base64_md5(const unsigned char md5[16], char out[32])
 
 struct hdrset {
 	struct sigv4_kv kv[S3_MAX_HEADERS];
-	char *own[2 * S3_MAX_HEADERS];	/* owned copies */
+	char *own[2 * S3_MAX_HEADERS]; /* owned copies */
 	size_t n, nown;
 };
 
@@ -411,7 +413,7 @@ static int on_xfer(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off_t u
 	struct s3_client *c = at->c;
 
 	if (cancelled(c))
-		return 1;	/* CURLE_ABORTED_BY_CALLBACK */
+		return 1; /* CURLE_ABORTED_BY_CALLBACK */
 	if (c->progress_cb && at->rq->len && ulnow != at->last_progress) {
 		at->last_progress = ulnow;
 		c->progress_cb(c->progress_arg, (uint64_t)ulnow);
@@ -587,11 +589,11 @@ static int build_headers(struct s3_client *c, const struct s3_req *rq, const str
 		if (i < n && kv[i].value[0])
 			rc = s3_buf_addf(&line, "%s: %s", kv[i].name, kv[i].value);
 		else if (i < n)
-			rc = s3_buf_addf(&line, "%s;", kv[i].name);	/* curl's empty header */
+			rc = s3_buf_addf(&line, "%s;", kv[i].name); /* curl's empty header */
 		else if (i == n)
 			rc = s3_buf_addf(&line, "Authorization: %s", auth);
 		else if (i == n + 1)
-			rc = s3_buf_adds(&line, "Expect:");	/* no 100-continue round trip */
+			rc = s3_buf_adds(&line, "Expect:"); /* no 100-continue round trip */
 		else if (i == n + 2)
 			rc = s3_buf_adds(&line, "Accept:");
 		else
@@ -764,8 +766,10 @@ static struct s3_verdict http_verdict(struct s3_client *c, const struct s3_req *
 			 c->endpoint);
 		err_hint(c, "free space in the bucket or raise the quota");
 	} else if (strcmp(rs->code, "NoSuchUpload") == 0) {
-		err_what(c, "404 NoSuchUpload: the multipart upload of '%s' no longer exists "
-			    "(completed or aborted)", k);
+		err_what(c,
+			 "404 NoSuchUpload: the multipart upload of '%s' no longer exists "
+			 "(completed or aborted)",
+			 k);
 	} else if (rs->status == 403 && head) {
 		err_what(c, "403 Forbidden: check the access key and secret key (access key %s)",
 			 c->access_key);
@@ -832,7 +836,7 @@ static struct s3_verdict attempt_once(struct s3_client *c, const struct s3_req *
 		goto out;
 	}
 
-	curl_easy_reset(e);	/* keeps the connection cache */
+	curl_easy_reset(e); /* keeps the connection cache */
 	curl_easy_setopt(e, CURLOPT_URL, url.p);
 	curl_easy_setopt(e, CURLOPT_HTTPHEADER, hdrs);
 #if LIBCURL_VERSION_NUM >= 0x075500
@@ -841,7 +845,7 @@ static struct s3_verdict attempt_once(struct s3_client *c, const struct s3_req *
 	curl_easy_setopt(e, CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
 #endif
 	curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
-	curl_easy_setopt(e, CURLOPT_PATH_AS_IS, 1L);	/* the signed path, byte for byte */
+	curl_easy_setopt(e, CURLOPT_PATH_AS_IS, 1L); /* the signed path, byte for byte */
 	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
 	curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
@@ -945,7 +949,8 @@ static int s3_call(struct s3_client *c, const struct s3_req *rq, struct s3_resp 
 			gave_up = 1;
 			break;
 		}
-		cap = c->retry_base_seconds * (double)(1ULL << (attempt - 1 < 30 ? attempt - 1 : 30));
+		cap = c->retry_base_seconds *
+		      (double)(1ULL << (attempt - 1 < 30 ? attempt - 1 : 30));
 		if (cap > S3_BACKOFF_CAP)
 			cap = S3_BACKOFF_CAP;
 		d = rand01(c) * cap;
@@ -1037,7 +1042,8 @@ static int parse_endpoint(struct s3_client *c, int path_style, char *errbuf, siz
 		const char *rb = memchr(auth, ']', alen);
 
 		if (!rb)
-			return set_cfg_err(errbuf, errlen, "bad endpoint: unclosed '[' in the host");
+			return set_cfg_err(errbuf, errlen,
+					   "bad endpoint: unclosed '[' in the host");
 		hlen = (size_t)(rb - auth - 1);
 		if (hlen >= sizeof(host))
 			return set_cfg_err(errbuf, errlen, "bad endpoint: host name too long");
@@ -1370,7 +1376,8 @@ int s3_put_object(struct s3_client *c, const char *key, const void *body, size_t
 			char k[S3_ESC_MAX];
 
 			mgmtfs_info("s3: PUT '%s': 412 after a lost response, but the object "
-				    "there has our MD5: done", esc(key, k, sizeof(k)));
+				    "there has our MD5: done",
+				    esc(key, k, sizeof(k)));
 			memcpy(rs.etag, oi.etag, sizeof(rs.etag));
 			c->err[0] = '\0';
 			rc = 0;
@@ -1408,8 +1415,8 @@ static int check_create(struct s3_client *c, const struct s3_req *rq, struct s3_
 	return -1;
 }
 
-int s3_mpu_create(struct s3_client *c, const char *key, const struct s3_meta *meta,
-		  size_t nmeta, char *upload_id_out)
+int s3_mpu_create(struct s3_client *c, const char *key, const struct s3_meta *meta, size_t nmeta,
+		  char *upload_id_out)
 {
 	struct sigv4_kv q[1] = { { "uploads", NULL } };
 	struct hdrset hs = { .n = 0 };
@@ -1455,9 +1462,9 @@ static int check_upload_id(struct s3_client *c, const char *upload_id)
 	return 0;
 }
 
-int s3_mpu_put_part(struct s3_client *c, const char *key, const char *upload_id,
-		    uint32_t partno, const void *body, size_t len, const unsigned char *md5,
-		    const char *sha256_hex, char *etag_out)
+int s3_mpu_put_part(struct s3_client *c, const char *key, const char *upload_id, uint32_t partno,
+		    const void *body, size_t len, const unsigned char *md5, const char *sha256_hex,
+		    char *etag_out)
 {
 	struct hdrset hs = { .n = 0 };
 	struct sigv4_kv q[2];
@@ -1518,8 +1525,8 @@ static int check_complete(struct s3_client *c, const struct s3_req *rq, struct s
 		parse_error_body(rs);
 		*v = s3_http_verdict(200, rs->code);
 		c->err_hint[0] = '\0';
-		err_what(c, "200 %s%s%s (CompleteMultipartUpload)", rs->code[0] ? rs->code : "Error",
-			 rs->message[0] ? ": " : "", rs->message);
+		err_what(c, "200 %s%s%s (CompleteMultipartUpload)",
+			 rs->code[0] ? rs->code : "Error", rs->message[0] ? ": " : "", rs->message);
 		if (!v->rc) {
 			v->rc = -EAGAIN;
 			v->retry = 1;
@@ -1569,7 +1576,7 @@ static int hex_to_md5(const char *hex, unsigned char out[16])
 /* The multipart ETag our parts should give, "" when a part ETag is not an MD5. */
 static void expected_mpu_etag(const struct s3_part *parts, size_t n, char *out)
 {
-	unsigned char (*md5s)[16] = calloc(n ? n : 1, sizeof(*md5s));
+	unsigned char(*md5s)[16] = calloc(n ? n : 1, sizeof(*md5s));
 	size_t i;
 
 	out[0] = '\0';
@@ -1704,7 +1711,7 @@ int s3_mpu_abort(struct s3_client *c, const char *key, const char *upload_id)
 	memcpy(rq.sha256, SIGV4_EMPTY_SHA256, SIGV4_HEX_LEN);
 	resp_init(&rs);
 	rc = s3_call(c, &rq, &rs);
-	if (rc == -ENOENT) {	/* already gone: that is what we wanted */
+	if (rc == -ENOENT) { /* already gone: that is what we wanted */
 		c->err[0] = '\0';
 		rc = 0;
 	}
@@ -1804,7 +1811,8 @@ int s3_mpu_list_parts(struct s3_client *c, const char *key, const char *upload_i
 		}
 		if (!is_true(rs.body.p, end, "IsTruncated"))
 			break;
-		if (s3_xml_tag(rs.body.p, end, "NextPartNumberMarker", num, sizeof(num), NULL) <= 0 ||
+		if (s3_xml_tag(rs.body.p, end, "NextPartNumberMarker", num, sizeof(num), NULL) <=
+			    0 ||
 		    strcmp(num, marker) == 0) {
 			rc = bad_listing(c, "ListParts");
 			goto fail;
@@ -1907,7 +1915,7 @@ int s3_get_object(struct s3_client *c, const char *key,
 	rq.sink_arg = arg;
 	memcpy(rq.sha256, SIGV4_EMPTY_SHA256, SIGV4_HEX_LEN);
 	rc = s3_call(c, &rq, &rs);
-	if (rc == -EEXIST && rs.delivered) {	/* If-Match failed on a resumed GET */
+	if (rc == -EEXIST && rs.delivered) { /* If-Match failed on a resumed GET */
 		char k[S3_ESC_MAX];
 
 		c->err_hint[0] = '\0';

@@ -13,14 +13,14 @@
  * frees the buffer, so a caller only has to check the result.
  */
 struct s3_buf {
-	char *p;	/* owned; NULL while empty */
+	char *p; /* owned; NULL while empty */
 	size_t len;
 	size_t cap;
-	size_t max;	/* largest len allowed */
+	size_t max; /* largest len allowed */
 };
 
 void s3_buf_init(struct s3_buf *b, size_t max);
-void s3_buf_free(struct s3_buf *b);	/* back to empty; wipes nothing */
+void s3_buf_free(struct s3_buf *b); /* back to empty; wipes nothing */
 int s3_buf_add(struct s3_buf *b, const void *data, size_t len);
 int s3_buf_adds(struct s3_buf *b, const char *s);
 int s3_buf_addf(struct s3_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -43,8 +43,8 @@ int s3_xml_block(const char *start, const char *end, const char *tag, const char
 
 /* How one failed attempt is handled. */
 struct s3_verdict {
-	int rc;		/* negative errno */
-	int retry;	/* 1: retrying may help */
+	int rc; /* negative errno */
+	int retry; /* 1: retrying may help */
 };
 
 /*

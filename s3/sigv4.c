@@ -104,8 +104,8 @@ int sigv4_uri_encode(const char *in, int keep_slash, char **out)
 }
 
 struct enc_kv {
-	char *name;	/* owned */
-	char *value;	/* owned */
+	char *name; /* owned */
+	char *value; /* owned */
 };
 
 static int enc_kv_cmp(const void *a, const void *b)
@@ -176,8 +176,7 @@ static int add_trimmed(struct s3_buf *b, const char *v)
 	return rc;
 }
 
-int sigv4_canonical_headers(const struct sigv4_kv *h, size_t n, char **canon_out,
-			    char **signed_out)
+int sigv4_canonical_headers(const struct sigv4_kv *h, size_t n, char **canon_out, char **signed_out)
 {
 	struct enc_kv *kv = NULL;
 	struct s3_buf canon, sig;

@@ -17,8 +17,8 @@
 
 #include <stddef.h>
 
-#define SIGV4_HEX_LEN  65	/* 64 hex digits + NUL */
-#define SIGV4_DATE_LEN 17	/* "20130524T000000Z" + NUL */
+#define SIGV4_HEX_LEN  65 /* 64 hex digits + NUL */
+#define SIGV4_DATE_LEN 17 /* "20130524T000000Z" + NUL */
 
 /* SHA-256 of the empty string, the payload hash of every bodiless request. */
 #define SIGV4_EMPTY_SHA256 "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
@@ -26,21 +26,21 @@
 /* A name and a value: a query parameter or a header (both borrowed). */
 struct sigv4_kv {
 	const char *name;
-	const char *value;	/* NULL: a query key with no value ("?uploads") */
+	const char *value; /* NULL: a query key with no value ("?uploads") */
 };
 
 /* What to sign.  Every pointer is borrowed for the duration of the call. */
 struct sigv4_request {
-	const char *method;		/* "GET", "PUT", ... */
-	const char *path;		/* raw (not encoded), starts with '/': "/bucket/a b.txt" */
-	const struct sigv4_kv *query;	/* raw names and values, any order */
+	const char *method; /* "GET", "PUT", ... */
+	const char *path; /* raw (not encoded), starts with '/': "/bucket/a b.txt" */
+	const struct sigv4_kv *query; /* raw names and values, any order */
 	size_t nquery;
-	const struct sigv4_kv *headers;	/* every header to sign, host, x-amz-date and
+	const struct sigv4_kv *headers; /* every header to sign, host, x-amz-date and
 					   x-amz-content-sha256 included; any case, any order */
 	size_t nheaders;
-	const char *payload_hash;	/* hex SHA-256 of the body */
-	const char *amz_date;		/* "20130524T000000Z", the x-amz-date value */
-	const char *region;		/* "us-east-1" */
+	const char *payload_hash; /* hex SHA-256 of the body */
+	const char *amz_date; /* "20130524T000000Z", the x-amz-date value */
+	const char *region; /* "us-east-1" */
 };
 
 /*

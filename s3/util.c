@@ -150,8 +150,9 @@ static size_t xml_entity(const char *p, const char *end, unsigned long *c)
 	static const struct {
 		const char *name;
 		char c;
-	} ents[] = { { "quot;", '"' }, { "amp;", '&' }, { "lt;", '<' },
-		     { "gt;", '>' },   { "apos;", '\'' } };
+	} ents[] = {
+		{ "quot;", '"' }, { "amp;", '&' }, { "lt;", '<' }, { "gt;", '>' }, { "apos;", '\'' }
+	};
 	size_t i, n;
 
 	for (i = 0; i < sizeof(ents) / sizeof(ents[0]); i++) {
@@ -278,7 +279,7 @@ struct s3_verdict s3_http_verdict(long status, const char *code)
 		{ "RequestTimeout", -ETIMEDOUT, 1 },
 		{ "OperationAborted", -EAGAIN, 1 },
 		{ "ConditionalRequestConflict", -EAGAIN, 1 },
-		{ "BadDigest", -EBADMSG, 1 },	/* the body was damaged on the way */
+		{ "BadDigest", -EBADMSG, 1 }, /* the body was damaged on the way */
 		{ "IncompleteBody", -EIO, 1 },
 		/* retrying cannot fix these */
 		{ "NoSuchBucket", -ENXIO, 0 },

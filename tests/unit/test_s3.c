@@ -28,11 +28,11 @@
 
 struct mresp {
 	CURLcode cc;
-	long status;		/* 0: no response at all */
-	const char *hdrs;	/* "Name: value\n" lines */
+	long status; /* 0: no response at all */
+	const char *hdrs; /* "Name: value\n" lines */
 	const char *body;
-	int etag_md5;		/* add ETag: "<md5 of the uploaded body>" */
-	int raise_cancel;	/* set the cancel flag during this call */
+	int etag_md5; /* add ETag: "<md5 of the uploaded body>" */
+	int raise_cancel; /* set the cancel flag during this call */
 };
 
 static struct {
@@ -158,7 +158,7 @@ CURLcode __wrap_curl_easy_perform(CURL *h)
 	size_t blen = 0, n;
 	int i = mk.calls++;
 
-	assert_true(mk.next < mk.n);	/* the script ran out: too many requests */
+	assert_true(mk.next < mk.n); /* the script ran out: too many requests */
 	r = &mk.script[mk.next++];
 	assert_true(i < 16);
 	mk.sent_headers[i][0] = '\0';
@@ -263,7 +263,7 @@ static void no_secret(struct s3_client *c)
 
 #define MD5_HELLO "5d41402abc4b2a76b9719d911017c592"
 #define ERRBODY(code, msg)                                                                         \
-	"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>" code "</Code><Message>" msg     \
+	"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>" code "</Code><Message>" msg      \
 	"</Message><RequestId>tx1</RequestId></Error>"
 
 /* ------------------------------------------------------------------ */
@@ -273,13 +273,15 @@ static void test_put_503_then_200(void **state)
 {
 	struct s3_client *c = *state;
 	const struct mresp r[] = {
-		{ CURLE_OK, 503, NULL, ERRBODY("SlowDown", "Please reduce your request rate."), 0, 0 },
+		{ CURLE_OK, 503, NULL, ERRBODY("SlowDown", "Please reduce your request rate."), 0,
+		  0 },
 		{ CURLE_OK, 200, NULL, NULL, 1, 0 },
 	};
 	char etag[S3_ETAG_MAX];
 
 	script(r, 2);
-	assert_int_equal(s3_put_object(c, "dir/a b.txt", "hello", 5, NULL, NULL, 0, NULL, 0, etag), 0);
+	assert_int_equal(s3_put_object(c, "dir/a b.txt", "hello", 5, NULL, NULL, 0, NULL, 0, etag),
+			 0);
 	assert_int_equal(mk.calls, 2);
 	assert_string_equal(etag, MD5_HELLO);
 	assert_string_equal(s3_client_error(c), "");
@@ -288,13 +290,15 @@ static void test_put_503_then_200(void **state)
 	assert_string_equal(mk.sent_body[1], "hello");
 	/* the headers every request must carry */
 	assert_non_null(strstr(mk.sent_headers[1], "host: 127.0.0.1:7480\n"));
-	assert_non_null(strstr(mk.sent_headers[1], "x-amz-content-sha256: 2cf24dba5fb0a30e26e83b2ac5b9e29e"
-						    "1b161e5c1fa7425e73043362938b9824\n"));
+	assert_non_null(strstr(mk.sent_headers[1],
+			       "x-amz-content-sha256: 2cf24dba5fb0a30e26e83b2ac5b9e29e"
+			       "1b161e5c1fa7425e73043362938b9824\n"));
 	assert_non_null(strstr(mk.sent_headers[1], "content-md5: XUFAKrxLKna5cZ2REBfFkg==\n"));
 	assert_non_null(strstr(mk.sent_headers[1], "\nExpect:\n"));
-	assert_non_null(strstr(mk.sent_headers[1], "Authorization: AWS4-HMAC-SHA256 Credential=TESTKEY/"));
+	assert_non_null(
+		strstr(mk.sent_headers[1], "Authorization: AWS4-HMAC-SHA256 Credential=TESTKEY/"));
 	assert_non_null(strstr(mk.sent_headers[1], "SignedHeaders=content-md5;content-type;host;"
-						    "x-amz-content-sha256;x-amz-date, Signature="));
+						   "x-amz-content-sha256;x-amz-date, Signature="));
 	assert_null(strstr(mk.sent_headers[1], "if-none-match"));
 	no_secret(c);
 }
@@ -309,8 +313,9 @@ static void test_403_signature_not_retried(void **state)
 	script(r, 1);
 	assert_int_equal(s3_put_object(c, "k", "hello", 5, NULL, NULL, 0, NULL, 0, NULL), -EACCES);
 	assert_int_equal(mk.calls, 1);
-	assert_string_equal(s3_client_error(c),
-			    "403 SignatureDoesNotMatch: check the secret key for access key TESTKEY");
+	assert_string_equal(
+		s3_client_error(c),
+		"403 SignatureDoesNotMatch: check the secret key for access key TESTKEY");
 	assert_int_equal(s3_client_http_status(c), 403);
 	no_secret(c);
 }
@@ -320,7 +325,7 @@ static void test_403_other_codes(void **state)
 	struct s3_client *c = *state;
 	const struct mresp r[] = {
 		{ CURLE_OK, 403, NULL, ERRBODY("InvalidAccessKeyId", "x"), 0, 0 },
-		{ CURLE_OK, 403, NULL, NULL, 0, 0 },	/* HEAD: no body */
+		{ CURLE_OK, 403, NULL, NULL, 0, 0 }, /* HEAD: no body */
 		{ CURLE_OK, 403, NULL, ERRBODY("QuotaExceeded", "full"), 0, 0 },
 		{ CURLE_OK, 400, NULL, ERRBODY("InvalidArgument", "bad thing " SECRET), 0, 0 },
 	};
@@ -330,12 +335,13 @@ static void test_403_other_codes(void **state)
 	assert_string_equal(s3_client_error(c), "403 InvalidAccessKeyId: the access key TESTKEY is "
 						"not known to http://127.0.0.1:7480");
 	assert_int_equal(s3_head_bucket(c), -EACCES);
-	assert_string_equal(s3_client_error(c), "403 Forbidden: check the access key and secret key "
-						"(access key TESTKEY)");
+	assert_string_equal(s3_client_error(c),
+			    "403 Forbidden: check the access key and secret key "
+			    "(access key TESTKEY)");
 	assert_int_equal(s3_put_object(c, "k", "hello", 5, NULL, NULL, 0, NULL, 0, NULL), -EDQUOT);
 	assert_int_equal(s3_put_object(c, "k", "hello", 5, NULL, NULL, 0, NULL, 0, NULL), -EINVAL);
 	assert_non_null(strstr(s3_client_error(c), "400 InvalidArgument: bad thing "));
-	assert_int_equal(mk.calls, 4);	/* none retried */
+	assert_int_equal(mk.calls, 4); /* none retried */
 	no_secret(c);
 }
 
@@ -351,7 +357,8 @@ static void test_connect_refused(void **state)
 	script(r, 3);
 	assert_int_equal(s3_head_bucket(c), -EHOSTUNREACH);
 	assert_int_equal(mk.calls, 3);
-	assert_int_equal(strncmp(s3_client_error(c), "cannot connect to http://127.0.0.1:1: ", 38), 0);
+	assert_int_equal(strncmp(s3_client_error(c), "cannot connect to http://127.0.0.1:1: ", 38),
+			 0);
 	assert_non_null(strstr(s3_client_error(c), "gave up after 3 attempts"));
 	assert_non_null(strstr(s3_client_error(c), "check the endpoint and that the server runs"));
 	assert_int_equal(s3_client_http_status(c), 0);
@@ -372,7 +379,8 @@ static void test_transport_errors_retried(void **state)
 
 	script(r, 6);
 	assert_int_equal(s3_put_object(c, "k", "hello", 5, NULL, NULL, 0, NULL, 0, NULL), 0);
-	assert_int_equal(s3_put_object(c, "k", "hello", 5, NULL, NULL, 0, NULL, 0, NULL), -ETIMEDOUT);
+	assert_int_equal(s3_put_object(c, "k", "hello", 5, NULL, NULL, 0, NULL, 0, NULL),
+			 -ETIMEDOUT);
 	assert_int_equal(mk.calls, 6);
 }
 
@@ -398,10 +406,11 @@ static void test_complete_200_error_retried(void **state)
 	assert_int_equal(mk.calls, 2);
 	assert_string_equal(etag, "3858f62230ac3c915f300c664312c11f-2");
 	assert_string_equal(mk.sent_url[1], "http://127.0.0.1:7480/test/k?uploadId=up-1");
-	assert_string_equal(mk.sent_body[1],
-			    "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>\"aaaa\""
-			    "</ETag></Part><Part><PartNumber>2</PartNumber><ETag>\"bbbb\"</ETag>"
-			    "</Part></CompleteMultipartUpload>");
+	assert_string_equal(
+		mk.sent_body[1],
+		"<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>\"aaaa\""
+		"</ETag></Part><Part><PartNumber>2</PartNumber><ETag>\"bbbb\"</ETag>"
+		"</Part></CompleteMultipartUpload>");
 	assert_non_null(strstr(mk.sent_headers[1], "content-md5: "));
 	assert_non_null(strstr(mk.sent_headers[1], "content-type: application/xml\n"));
 }
@@ -410,8 +419,8 @@ static void test_complete_200_error_final(void **state)
 {
 	struct s3_client *c = *state;
 	const struct mresp r[] = {
-		{ CURLE_OK, 200, NULL, "<Error><Code>InvalidPart</Code><Message>m</Message></Error>",
-		  0, 0 },
+		{ CURLE_OK, 200, NULL,
+		  "<Error><Code>InvalidPart</Code><Message>m</Message></Error>", 0, 0 },
 	};
 	struct s3_part parts[1] = { { 1, 5, "aaaa" } };
 	char etag[S3_ETAG_MAX];
@@ -442,7 +451,7 @@ static void test_complete_lost_response(void **state)
 	assert_int_equal(s3_mpu_complete(c, "k", "up-1", parts, 2, etag), 0);
 	assert_string_equal(etag, want);
 	assert_int_equal(mk.calls, 3);
-	assert_true(mk.nobody);	/* the last one was the HEAD */
+	assert_true(mk.nobody); /* the last one was the HEAD */
 }
 
 static void test_etag_mismatch(void **state)
@@ -461,7 +470,8 @@ static void test_etag_mismatch(void **state)
 	assert_int_equal(s3_mpu_put_part(c, "k", "up", 3, "hello", 5, NULL, NULL, etag), -EBADMSG);
 	assert_int_equal(mk.calls, 3);
 	assert_non_null(strstr(s3_client_error(c), "ETag mismatch"));
-	assert_string_equal(mk.sent_url[0], "http://127.0.0.1:7480/test/k?partNumber=3&uploadId=up");
+	assert_string_equal(mk.sent_url[0],
+			    "http://127.0.0.1:7480/test/k?partNumber=3&uploadId=up");
 	/* then once wrong, once right */
 	assert_int_equal(s3_mpu_put_part(c, "k", "up", 3, "hello", 5, NULL, NULL, etag), 0);
 	assert_string_equal(etag, MD5_HELLO);
@@ -545,17 +555,20 @@ static void test_create_and_meta(void **state)
 		  "<UploadId>2~abc&amp;def</UploadId></InitiateMultipartUploadResult>",
 		  0, 0 },
 	};
-	const struct s3_meta meta[2] = { { "mgmt-path", "pending/50% é.txt" }, { "mgmt-x", " a " } };
+	const struct s3_meta meta[2] = { { "mgmt-path", "pending/50% é.txt" },
+					 { "mgmt-x", " a " } };
 	char id[S3_UPLOAD_ID_MAX];
 
 	script(r, 1);
 	assert_int_equal(s3_mpu_create(c, "k", meta, 2, id), 0);
 	assert_string_equal(id, "2~abc&def");
 	assert_string_equal(mk.sent_url[0], "http://127.0.0.1:7480/test/k?uploads=");
-	assert_non_null(strstr(mk.sent_headers[0], "x-amz-meta-mgmt-path: pending/50%25 %C3%A9.txt\n"));
+	assert_non_null(
+		strstr(mk.sent_headers[0], "x-amz-meta-mgmt-path: pending/50%25 %C3%A9.txt\n"));
 	assert_non_null(strstr(mk.sent_headers[0], "x-amz-meta-mgmt-x: %20a%20\n"));
-	assert_non_null(strstr(mk.sent_headers[0], "content-type;host;x-amz-content-sha256;"
-						   "x-amz-date;x-amz-meta-mgmt-path;x-amz-meta-mgmt-x,"));
+	assert_non_null(strstr(mk.sent_headers[0],
+			       "content-type;host;x-amz-content-sha256;"
+			       "x-amz-date;x-amz-meta-mgmt-path;x-amz-meta-mgmt-x,"));
 }
 
 static void test_list_parts_pages(void **state)
@@ -630,8 +643,9 @@ static void test_list_uploads_pages(void **state)
 	assert_string_equal(s.keys[0], "p/a&b=u1");
 	assert_string_equal(s.keys[2], "p/c=u3");
 	assert_string_equal(mk.sent_url[0], "http://127.0.0.1:7480/test?prefix=p%2F&uploads=");
-	assert_string_equal(mk.sent_url[1], "http://127.0.0.1:7480/test?key-marker=p%2Fb&prefix=p%2F"
-					    "&upload-id-marker=u2&uploads=");
+	assert_string_equal(mk.sent_url[1],
+			    "http://127.0.0.1:7480/test?key-marker=p%2Fb&prefix=p%2F"
+			    "&upload-id-marker=u2&uploads=");
 }
 
 struct sink {
@@ -690,7 +704,8 @@ static void test_cancel(void **state)
 	mk.cancel = &flag;
 	s3_client_set_cancel(c, &flag);
 	/* raised during the first attempt: no second one */
-	assert_int_equal(s3_put_object(c, "k", "hello", 5, NULL, NULL, 0, NULL, 0, NULL), -ECANCELED);
+	assert_int_equal(s3_put_object(c, "k", "hello", 5, NULL, NULL, 0, NULL, 0, NULL),
+			 -ECANCELED);
 	assert_int_equal(mk.calls, 1);
 	/* raised before: nothing is sent */
 	assert_int_equal(s3_head_bucket(c), -ECANCELED);
@@ -721,8 +736,8 @@ static void test_retry_budget(void **state)
 	cfg.secret_key = SECRET;
 	cfg.path_style = -1;
 	cfg.max_attempts = 16;
-	cfg.retry_base_seconds = 10;	/* would sleep long, */
-	cfg.retry_max_seconds = 0.05;	/* but the budget is tiny */
+	cfg.retry_base_seconds = 10; /* would sleep long, */
+	cfg.retry_max_seconds = 0.05; /* but the budget is tiny */
 	assert_int_equal(s3_client_new(&cfg, &c), 0);
 	script(r, 16);
 	clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -738,7 +753,8 @@ static void test_retry_budget(void **state)
 static void test_virtual_hosted_and_token(void **state)
 {
 	struct s3_client *c = client_with("https://s3.example.com/", 1, "TOKEN123");
-	const struct mresp r[] = { { CURLE_OK, 200, "Content-Length: 5\nETag: \"x\"\n", NULL, 0, 0 } };
+	const struct mresp r[] = { { CURLE_OK, 200, "Content-Length: 5\nETag: \"x\"\n", NULL, 0,
+				     0 } };
 	struct s3_object_info oi;
 
 	script(r, 1);
@@ -798,7 +814,8 @@ static void test_xml_and_verdict(void **state)
 	struct s3_verdict v;
 
 	assert_int_equal(s3_xml_tag(x, x + strlen(x), "Key", out, sizeof(out), &next), 5);
-	assert_string_equal(out, "x<\xc3\xa9" "A");
+	assert_string_equal(out, "x<\xc3\xa9"
+				 "A");
 	assert_int_equal(s3_xml_tag(next, x + strlen(x), "Key", out, sizeof(out), NULL), 1);
 	assert_int_equal(s3_xml_tag(x, x + strlen(x), "Nope", out, sizeof(out), NULL), -ENOENT);
 	assert_int_equal(s3_xml_tag(x, x + strlen(x), "Key", out, 3, NULL), -E2BIG);

@@ -16,11 +16,11 @@
 
 #include "s3/sigv4.h"
 
-#define AK	"AKIAIOSFODNN7EXAMPLE"
-#define SK	"wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
-#define DATE	"20130524T000000Z"
-#define HOST	"examplebucket.s3.amazonaws.com"
-#define REGION	"us-east-1"
+#define AK     "AKIAIOSFODNN7EXAMPLE"
+#define SK     "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+#define DATE   "20130524T000000Z"
+#define HOST   "examplebucket.s3.amazonaws.com"
+#define REGION "us-east-1"
 
 static char *sign(const char *method, const char *path, const struct sigv4_kv *q, size_t nq,
 		  const struct sigv4_kv *extra, size_t nextra, const char *payload)
@@ -79,7 +79,8 @@ static void test_get_object_steps(void **state)
 		"GET\n/test.txt\n\n"
 		"host:examplebucket.s3.amazonaws.com\n"
 		"range:bytes=0-9\n"
-		"x-amz-content-sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\n"
+		"x-amz-content-sha256:"
+		"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\n"
 		"x-amz-date:20130524T000000Z\n\n"
 		"host;range;x-amz-content-sha256;x-amz-date\n"
 		"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
@@ -110,7 +111,8 @@ static void test_get_object_steps(void **state)
 	assert_string_equal(sts, sts_want);
 	assert_int_equal(sigv4_signing_key(SK, DATE, REGION, key), 0);
 	assert_int_equal(sigv4_signature(key, sts, sig), 0);
-	assert_string_equal(sig, "f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41");
+	assert_string_equal(sig,
+			    "f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41");
 	free(creq);
 	free(signed_h);
 	free(sts);
@@ -176,7 +178,7 @@ static void test_uri_encode(void **state)
 	expect_enc("AZaz09", 1, "AZaz09");
 	expect_enc("a/b//c/", 1, "a/b//c/");
 	expect_enc("a/b", 0, "a%2Fb");
-	expect_enc("%2F", 1, "%252F");	/* encoded once: '%' itself is encoded */
+	expect_enc("%2F", 1, "%252F"); /* encoded once: '%' itself is encoded */
 	expect_enc("=&?#*:,;@!'()[]", 1, "%3D%26%3F%23%2A%3A%2C%3B%40%21%27%28%29%5B%5D");
 	expect_enc("\x01\x7f\xff", 1, "%01%7F%FF");
 	expect_enc("", 1, "");

@@ -652,9 +652,9 @@ static void test_put_clears_emptied_fields(void **state)
 
 	rec_fill(r);
 	assert_int_equal(store_put(f->st, r), 0);
-	r->error[0] = '\0';
-	r->upload_id[0] = '\0';
-	r->etag[0] = '\0';
+	memset(r->error, 0, sizeof(r->error));
+	memset(r->upload_id, 0, sizeof(r->upload_id));
+	memset(r->etag, 0, sizeof(r->etag));
 	r->attempts = 0;
 	r->progress_total = 0;
 	assert_int_equal(store_put(f->st, r), 0);
