@@ -391,6 +391,8 @@ static size_t on_read(char *buf, size_t size, size_t nitems, void *arg)
 		return CURL_READFUNC_ABORT;
 	if (room > left)
 		room = left;
+	if (!room)
+		return 0;
 	memcpy(buf, (const char *)at->rq->body + at->off, room);
 	at->off += room;
 	return room;

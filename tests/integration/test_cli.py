@@ -44,12 +44,18 @@ def test_list_json_newest_first(mount, tmp_path):
     assert run_json(m, "list", "--status", "failed") == []
 
 
-@pytest.mark.parametrize("by", ["path", "id"])
+SHOW_ARGS = {
+    "mount-path": lambda m, done: str(done),  # what a user would paste
+    "relative-path": lambda m, done: "completed/shown.txt",  # as in the record
+    "id": lambda m, done: getfattr(done)["user.mgmt.id"],
+}
+
+
+@pytest.mark.parametrize("by", list(SHOW_ARGS))
 def test_show_json(mount, tmp_path, by):
     m = upload_all(mount, tmp_path, ["shown.txt"])
     done = m.completed("shown.txt")
-    arg = str(done) if by == "path" else getfattr(done)["user.mgmt.id"]
-    assert_matches_xattrs(run_json(m, "show", arg), done)
+    assert_matches_xattrs(run_json(m, "show", SHOW_ARGS[by](m, done)), done)
 
 
 def test_show_unknown_id_fails(mount):

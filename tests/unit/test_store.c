@@ -825,6 +825,54 @@ static void test_map_full_grows(void **state)
 	free(out);
 }
 
+/* In a child process: grow the map well past the parent's by writing. */
+static int child_grower(const char *dir, int n)
+{
+	struct store_record *r = malloc(sizeof(*r));
+	struct store *st = NULL;
+	int i, bad = 0;
+
+	if (!r || store_open_mapsize(dir, 0, 1 << 20, &st))
+		return 10;
+	for (i = 0; !bad && i < n; i++) {
+		big_record(r, i);
+		if (store_put(st, r))
+			bad = 11;
+	}
+	store_close(st);
+	free(r);
+	return bad;
+}
+
+static void test_other_process_grows_map(void **state)
+{
+	struct fixture *f = *state;
+	struct store_record *r = malloc(sizeof(*r));
+	struct store_record *out = malloc(sizeof(*out));
+	size_t before;
+	pid_t pid;
+	int wst = 0;
+
+	assert_int_equal(store_open_mapsize(f->dir, 0, 1 << 20, &f->st), 0);
+	before = store_map_size(f->st);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0)
+		_exit(child_grower(f->dir, 800));
+	assert_int_equal(waitpid(pid, &wst, 0), pid);
+	assert_true(WIFEXITED(wst));
+	assert_int_equal(WEXITSTATUS(wst), 0);
+
+	/* MDB_MAP_RESIZED on begin: adopt the size and go on */
+	big_record(r, 799);
+	assert_int_equal(store_get(f->st, 800, out), 0);
+	assert_string_equal(out->original_path, r->original_path);
+	assert_true(store_map_size(f->st) > before);
+	assert_int_equal(put_new(f->st, "pending/parent", STORE_QUEUED), 801);
+	free(r);
+	free(out);
+}
+
 /* Several threads writing and reading one handle while the map grows. */
 struct worker {
 	struct store *st;
@@ -901,6 +949,7 @@ int main(void)
 		cmocka_unit_test(test_field_format),
 		cmocka_unit_test(test_format_time_and_status_names),
 		cmocka_unit_test_setup_teardown(test_map_full_grows, setup_dir, teardown),
+		cmocka_unit_test_setup_teardown(test_other_process_grows_map, setup_dir, teardown),
 		cmocka_unit_test_setup_teardown(test_threads_share_handle_while_map_grows, setup_dir,
 						teardown),
 	};
