@@ -314,7 +314,8 @@ static int map_resize(struct store *st, size_t seen, size_t size)
 		rc = mdb_env_set_mapsize(st->env, size);
 		if (rc == 0 && mdb_env_info(st->env, &info) == 0)
 			st->map_size = info.me_mapsize;
-		mgmtfs_debug("store: map size now %zu bytes", st->map_size);
+		if (rc == 0)
+			mgmtfs_debug("store: map size now %zu bytes", st->map_size);
 	}
 	pthread_rwlock_unlock(&st->resize_lock);
 	return rc;

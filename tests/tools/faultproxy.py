@@ -1,0 +1,411 @@
+#!/usr/bin/env python3
+"""faultproxy.py - HTTP/1.1 fault-injecting proxy for S3 tests (stdlib only).
+
+Put it between the code under test and a real S3 server (e.g. the RGW of
+scripts/s3-server).  The Host header passes through untouched, so SigV4
+signatures made for the proxy's address still verify at the server.
+
+  faultproxy.py --listen 127.0.0.1:0 --target 127.0.0.1:7480 \\
+      --fault status:503:SlowDown --match 'PUT .*partNumber=2' --first 2 \\
+      --log /tmp/proxy.log --control /tmp/proxy.json
+
+  --fault KIND       status:CODE[:S3CODE]  answer CODE with an S3 XML error
+                                         (body read first; with Expect:
+                                         100-continue answered at once)
+                     reset[:BYTES]       forward the head and BYTES (default 0)
+                                         of the body, then RST both sides
+                     stall:SECONDS       hold the request SECONDS, then forward;
+                                         if the client hangs up meanwhile the
+                                         request is dropped, never forwarded
+                     delay:MS            like stall, in milliseconds (use with
+                                         --every 1 for latency on everything)
+                     drop-response       forward, let the server act, then RST
+                                         the client before the answer (the
+                                         server HAS stored it: idempotency test)
+                     none                pass (a rule that only counts)
+  --match REGEX      only requests whose request line ("PUT /b/k?x HTTP/1.1")
+                     matches count as candidates (default: all)
+  --every N          fault every Nth candidate (default 1)
+  --first N          fault only the first N faults' worth, then pass (0 = no cap)
+  --prob P --seed S  instead of --every: fault each candidate with chance P
+  --log FILE         one line per request, tab-separated:
+                       n  rule  fault  request-line  status
+                     rule: index of the first rule whose --match matched, or -
+                     fault: the fault applied, or - ; status: the server's
+                     code, the injected code, RST, CODE+RST (drop-response),
+                     or GONE (a stalled client hung up)
+  --control FILE     rules that replace the command line's at run time: JSON
+                       {"rules": [{"fault": "stall:30", "match": "PUT .*",
+                                   "every": 1, "first": 1, "prob": null}, ...]}
+                     re-read whenever the file changes (write it atomically:
+                     a temporary file renamed over it); each load starts the
+                     rules' counters afresh.  The first rule whose match
+                     matches a request decides; later rules never see it.
+  --port-file FILE   write the port listened on (useful with --listen HOST:0)
+
+The port is also printed on stdout ("listening on HOST:PORT").  Stop it by its
+PID (SIGTERM or SIGKILL).  Listens only where told (use 127.0.0.1).
+
+HTTP/1.1 framing: a request with neither Content-Length nor Transfer-Encoding
+has no body (RFC 9112 6.3); a response without either is read until the
+server closes, except for HEAD and 1xx/204/304, which never have one.
+"""
+import argparse
+import json
+import os
+import random
+import re
+import select
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+
+LOCK = threading.Lock()
+
+
+class Rule:
+    def __init__(self, fault, match=".", every=1, first=0, prob=None, seed=1):
+        self.fault = fault.split(":") if isinstance(fault, str) else list(fault)
+        self.match = re.compile(match)
+        self.every = max(1, int(every))
+        self.first = int(first or 0)
+        self.prob = prob
+        self.rng = random.Random(seed)
+        self.cand = 0
+        self.faults = 0
+
+    @classmethod
+    def from_json(cls, d):
+        return cls(d.get("fault", "none"), d.get("match", "."), d.get("every", 1),
+                   d.get("first", 0), d.get("prob"), d.get("seed", 1))
+
+
+class Control:
+    """The rules in force; reloaded from --control when that file changes."""
+
+    def __init__(self, rules, path):
+        self.rules, self.path, self.stamp = rules, path, None
+        self.n = 0
+
+    def _reload(self):
+        if not self.path:
+            return
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if stamp == self.stamp:
+            return
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                d = json.load(f)
+            self.rules = [Rule.from_json(r) for r in d.get("rules", [])]
+            self.stamp = stamp
+        except (OSError, ValueError, re.error) as e:
+            print(f"faultproxy: bad control file {self.path}: {e}", file=sys.stderr)
+            self.stamp = stamp
+
+    def decide(self, line):
+        """(request number, index of the matching rule or None, fault or None)."""
+        text = line.decode("latin-1")
+        with LOCK:
+            self._reload()
+            self.n += 1
+            for i, r in enumerate(self.rules):
+                if not r.match.search(text):
+                    continue
+                r.cand += 1
+                if r.prob is not None:
+                    hit = r.rng.random() < r.prob
+                else:
+                    hit = r.cand % r.every == 0
+                if hit and r.first and r.faults >= r.first:
+                    hit = False
+                if hit and r.fault[0] != "none":
+                    r.faults += 1
+                    return self.n, i, r.fault
+                return self.n, i, None
+            return self.n, None, None
+
+
+def recv_head(sock, buf):
+    while b"\r\n\r\n" not in buf:
+        d = sock.recv(65536)
+        if not d:
+            return None, buf
+        buf += d
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    return head, rest
+
+
+def parse_headers(head):
+    lines = head.split(b"\r\n")
+    h = {}
+    for ln in lines[1:]:
+        k, _, v = ln.partition(b":")
+        h[k.strip().lower()] = v.strip()
+    return lines[0], h
+
+
+class Cut(Exception):
+    """The byte limit of a reset fault was reached."""
+
+
+def relay_body(src, dst, rest, h, limit=None, no_body=False, request=True):
+    """Copy one message body from src to dst (dst None: read and discard).
+
+    Returns (leftover bytes read past the body, until_close); until_close is
+    True when a response had no length and was read until the server closed
+    (the client connection must then be closed too).  With @limit, stops
+    after that many body bytes went out and returns (None, False)."""
+    sent = 0
+
+    def out(b):
+        nonlocal sent
+        if limit is not None and sent + len(b) >= limit:
+            if dst is not None and limit - sent > 0:
+                dst.sendall(b[:limit - sent])
+            raise Cut()
+        if dst is not None:
+            dst.sendall(b)
+        sent += len(b)
+
+    if no_body:
+        return rest, False
+    te = h.get(b"transfer-encoding", b"").lower()
+    try:
+        if b"chunked" in te:
+            buf = rest
+            while True:
+                while b"\r\n" not in buf:
+                    d = src.recv(65536)
+                    if not d:
+                        raise ConnectionError("eof in chunk header")
+                    buf += d
+                line, _, buf = buf.partition(b"\r\n")
+                size = int(line.split(b";")[0], 16)
+                out(line + b"\r\n")
+                if size == 0:
+                    # trailers, then the blank line that ends the message
+                    while True:
+                        while b"\r\n" not in buf:
+                            d = src.recv(65536)
+                            if not d:
+                                raise ConnectionError("eof in trailer")
+                            buf += d
+                        tl, _, buf = buf.partition(b"\r\n")
+                        out(tl + b"\r\n")
+                        if not tl:
+                            return buf, False
+                need = size + 2
+                while len(buf) < need:
+                    d = src.recv(65536)
+                    if not d:
+                        raise ConnectionError("eof in chunk")
+                    buf += d
+                out(buf[:need])
+                buf = buf[need:]
+        if b"content-length" in h:
+            left = int(h[b"content-length"])
+        elif request:
+            left = 0  # RFC 9112 6.3: a request without either header has no body
+        else:
+            left = -1
+        if left < 0:  # a response without length: until the server closes
+            out(rest)
+            while True:
+                d = src.recv(65536)
+                if not d:
+                    return b"", True
+                out(d)
+        take = rest[:left]
+        out(take)
+        left -= len(take)
+        rest = rest[len(take):]
+        while left > 0:
+            d = src.recv(min(left, 1 << 20))
+            if not d:
+                raise ConnectionError("eof in body")
+            out(d)
+            left -= len(d)
+        return rest, False
+    except Cut:
+        return None, False
+
+
+def rst(sock):
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+    except OSError:
+        pass
+
+
+def s3_error(status, code):
+    body = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}'
+            f'</Code><Message>injected by faultproxy</Message><RequestId>'
+            f'faultproxy</RequestId></Error>').encode()
+    reason = {500: "Internal Server Error", 503: "Service Unavailable",
+              400: "Bad Request", 403: "Forbidden", 404: "Not Found",
+              408: "Request Timeout", 429: "Too Many Requests"}.get(status, "Error")
+    return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/xml\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def client_gone_within(sock, seconds):
+    """Wait @seconds; True as soon as the client hangs up (POLLRDHUP sees a
+    FIN even with unread body bytes in the buffer)."""
+    p = select.poll()
+    p.register(sock, select.POLLRDHUP | select.POLLHUP | select.POLLERR)
+    deadline = time.monotonic() + seconds
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        if p.poll(min(left, 0.5) * 1000):
+            return True
+
+
+def log(a, *f):
+    if a.logf:
+        with LOCK:
+            a.logf.write("\t".join(map(str, f)) + "\n")
+            a.logf.flush()
+
+
+def handle(a, cli):
+    up = None
+    buf = b""
+    try:
+        while True:
+            head, rest = recv_head(cli, buf)
+            if head is None:
+                return
+            line, h = parse_headers(head)
+            text = line.decode("latin-1")
+            n, rule, fault = a.control.decide(line)
+            rule_s = "-" if rule is None else rule
+            fault_s = ":".join(fault) if fault else "-"
+            kind = fault[0] if fault else None
+            method = line.split(b" ")[0].upper()
+            if kind == "status":
+                status = int(fault[1])
+                code = fault[2] if len(fault) > 2 else "InternalError"
+                if h.get(b"expect", b"").lower() == b"100-continue":
+                    cli.sendall(s3_error(status, code).replace(
+                        b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1))
+                    log(a, n, rule_s, fault_s, text, status)
+                    return
+                buf, _ = relay_body(cli, None, rest, h)
+                cli.sendall(s3_error(status, code))
+                log(a, n, rule_s, fault_s, text, status)
+                continue
+            if kind in ("stall", "delay"):
+                t = float(fault[1]) / (1000.0 if kind == "delay" else 1.0)
+                if client_gone_within(cli, t):
+                    log(a, n, rule_s, fault_s, text, "GONE")
+                    return
+            if up is None:
+                up = socket.create_connection(a.target, timeout=600)
+            up.sendall(head + b"\r\n\r\n")
+            if kind == "reset":
+                lim = int(fault[1]) if len(fault) > 1 else 0
+                relay_body(cli, up, rest, h, limit=lim)
+                log(a, n, rule_s, fault_s, text, "RST")
+                rst(cli)
+                rst(up)
+                cli = up = None
+                return
+            # the body may wait for a 100-continue from upstream: relay it
+            if h.get(b"expect", b"").lower() == b"100-continue":
+                uh, urest = recv_head(up, b"")
+                if uh is None:
+                    return
+                ul, uhd = parse_headers(uh)
+                cli.sendall(uh + b"\r\n\r\n")
+                if b" 100 " not in ul + b" ":
+                    # a final answer without the body exchange
+                    code = int(ul.split(b" ")[1])
+                    relay_body(up, cli, urest, uhd, request=False,
+                               no_body=method == b"HEAD" or code in (204, 304))
+                    log(a, n, rule_s, fault_s, text, code)
+                    return
+            buf, _ = relay_body(cli, up, rest, h)
+            # the response: skip interim 1xx answers
+            urest = b""
+            while True:
+                uh, urest = recv_head(up, urest)
+                if uh is None:
+                    log(a, n, rule_s, fault_s, text, "EOF")
+                    return
+                ul, uhd = parse_headers(uh)
+                code = int(ul.split(b" ")[1])
+                if 100 <= code < 200:
+                    continue
+                break
+            no_body = method == b"HEAD" or code in (204, 304)
+            if kind == "drop-response":
+                relay_body(up, None, urest, uhd, request=False, no_body=no_body)
+                log(a, n, rule_s, fault_s, text, f"{code}+RST")
+                rst(cli)
+                cli = None
+                return
+            cli.sendall(uh + b"\r\n\r\n")
+            _, until_close = relay_body(up, cli, urest, uhd, request=False, no_body=no_body)
+            log(a, n, rule_s, fault_s, text, code)
+            if until_close or uhd.get(b"connection", b"").lower() == b"close":
+                return
+    except (OSError, ConnectionError, ValueError) as e:
+        log(a, "error", "-", "-", repr(e), "-")
+    finally:
+        for s in (cli, up):
+            if s is not None:
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--listen", default="127.0.0.1:7490")
+    ap.add_argument("--target", default="127.0.0.1:7480")
+    ap.add_argument("--fault", default="none")
+    ap.add_argument("--match", default=".")
+    ap.add_argument("--every", type=int, default=1)
+    ap.add_argument("--first", type=int, default=0)
+    ap.add_argument("--prob", type=float)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--log")
+    ap.add_argument("--control")
+    ap.add_argument("--port-file")
+    a = ap.parse_args()
+    a.control = Control([Rule(a.fault, a.match, a.every, a.first, a.prob, a.seed)],
+                        a.control)
+    a.logf = open(a.log, "a", encoding="utf-8") if a.log else None
+    th, tp = a.target.rsplit(":", 1)
+    a.target = (th, int(tp))
+    lh, lp = a.listen.rsplit(":", 1)
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((lh, int(lp)))
+    s.listen(128)
+    port = s.getsockname()[1]
+    if a.port_file:
+        with open(a.port_file + ".tmp", "w", encoding="utf-8") as f:
+            f.write(f"{port}\n")
+        os.replace(a.port_file + ".tmp", a.port_file)
+    print(f"listening on {lh}:{port}", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=handle, args=(a, c), daemon=True).start()
+
+
+if __name__ == "__main__":
+    main()
