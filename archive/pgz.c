@@ -15,7 +15,9 @@
  * The thread calling pgz_read() is the reader and the writer: it fills free
  * slots from the source (pread + sha256 happen there, in the source), queues
  * them, then waits for the oldest block, joins its CRC-32 with
- * crc32_combine() and copies its output out.  At most nslots = 2 * threads
+ * crc32_combine() and copies its output out.  While that block is not done
+ * it compresses queued blocks itself instead of sleeping, so the pipeline
+ * keeps moving when other processes take the workers' CPU.  At most nslots = 2 * threads
  * blocks are in flight, so memory is bounded whatever the file size.
  *
  * A source of one block (or a failure to start any thread) is compressed
@@ -335,10 +337,32 @@ static int next_block(struct pgz *z)
 			pthread_cond_signal(&z->work);
 			pthread_mutex_unlock(&z->lock);
 		}
+		if (!z->zs_ready) {
+			rc = z_init(&z->zs, z->level);
+			if (rc)
+				return rc;
+			z->zs_ready = 1;
+		}
 		sl = &z->slots[z->next_out % z->nslots];
 		pthread_mutex_lock(&z->lock);
-		while (sl->state != SLOT_DONE)
-			pthread_cond_wait(&z->done, &z->lock);
+		while (sl->state != SLOT_DONE) {
+			struct pgz_slot *job = z->qhead;
+
+			if (!job) {
+				pthread_cond_wait(&z->done, &z->lock);
+				continue;
+			}
+			/* rather than wait, compress a queued block here (helps when
+			 * the workers are starved of CPU by other processes) */
+			z->qhead = job->next;
+			if (!z->qhead)
+				z->qtail = &z->qhead;
+			pthread_mutex_unlock(&z->lock);
+			rc = compress_slot(&z->zs, job);
+			pthread_mutex_lock(&z->lock);
+			job->err = rc;
+			job->state = SLOT_DONE;
+		}
 		sl->state = SLOT_IDLE;
 		pthread_mutex_unlock(&z->lock);
 		if (sl->err)

@@ -347,6 +347,7 @@ class Table:
 
     def measure(self):
         log(f"\n=== {self.title} (RUNS={RUNS})")
+        l0, t0 = os.getloadavg()[0], time.monotonic()
         for i in range(RUNS):
             for r in self.rows:
                 if r.err:
@@ -362,6 +363,7 @@ class Table:
                 except subprocess.TimeoutExpired:
                     r.err = "timeout"
                     log(f"  run {i + 1}/{RUNS}  {r.label:<44} FAILED: timeout")
+        self.load = (l0, os.getloadavg()[0], time.monotonic() - t0)
 
     def render(self):
         u = "s" if self.unit == "s" else "MiB"
@@ -371,14 +373,15 @@ class Table:
                + " mgmtfs ÷ tool |",
                "|---|---:|---:|" + ("---:|" if self.size else "") + "---|"]
         for r in self.rows:
+            lab = r.label.replace("|", "\\|")
             if r.err:
                 na = r.err.startswith("n/a")
                 why = (r.err[5:] if na else r.err).replace("|", "/")[:160]
-                line = (f"| {r.label} | {'n/a' if na else 'fail'} | {why} |"
+                line = (f"| {lab} | {'n/a' if na else 'fail'} | {why} |"
                         + (" |" if self.size else ""))
             else:
                 m = r.med
-                line = (f"| {r.label} | {fmt(m, self.unit, False)} | "
+                line = (f"| {lab} | {fmt(m, self.unit, False)} | "
                         f"{fmt(min(r.vals), self.unit, False)}–"
                         f"{fmt(max(r.vals), self.unit, False)} |")
                 if self.size:
@@ -390,11 +393,16 @@ class Table:
                 if ref is None:
                     line += " |"
                 elif ref.med is None or r.med is None:
-                    line += f" n/a ({ref.label}) |"
+                    line += f" n/a ({ref.label.replace('|', '/')}) |"
                 else:
-                    line += f" {ref.med / r.med:.2f} ({ref.label}) |"
+                    line += f" {ref.med / r.med:.2f} ({ref.label.replace('|', '/')}) |"
             out.append(line)
         out.append("")
+        if getattr(self, "load", None):
+            out.append(f"(1-min load average {self.load[0]:.1f} at start, "
+                       f"{self.load[1]:.1f} at end, on {os.cpu_count()} cores; "
+                       f"{self.load[2]:.0f} s in all)")
+            out.append("")
         for t in self.targets:
             out.append(f"- {t}")
         out.append("")
@@ -448,7 +456,7 @@ def big_compressed():
                     return dt
                 finally:
                     s3rm(p)
-            t.add(f"tar{z}{lv}", f"tar \\| {z} -{lv} \\| aws s3 cp -", tarput, ref=f"m{lv}")
+            t.add(f"tar{z}{lv}", f"tar | {z} -{lv} | aws s3 cp -", tarput, ref=f"m{lv}")
     t.measure()
     for lv in (1, 6):
         t.target(f"mgmtfs level {lv} ≤ 1.25 × pigz -{lv}", f"m{lv}", f"pigz{lv}",

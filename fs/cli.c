@@ -3,7 +3,7 @@
  *
  * They read and write the record database directly (LMDB allows several
  * processes), so they work while the filesystem is mounted: the daemon
- * picks up a retried record or the hold flag on its next rescan (2 s).
+ * picks up a retried record or the hold flag on its next rescan (every second).
  * The database is found from --local-dir, else from the mount a PATH
  * argument is in (the mount root answers user.mgmt.local_dir), else from
  * the only mgmtfs mount, else from the configuration (MGMT_LOCAL_DIR, the

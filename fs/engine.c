@@ -12,7 +12,8 @@
  *   FUSE release ──> engine_unit_changed ──> record queued (LMDB)
  *                                          └> unit WAITING, due = now + settle
  *   scheduler ──> due, no writer, not held ──> READY queue
- *   upload worker (cfg->uploads threads, one S3 client each)
+ *   upload worker (4 x cfg->uploads threads, one S3 client each; a file
+ *       needing multipart takes one of cfg->uploads slots first)
  *       archive stream (tar/gzip on all cores) ──> part buffers
  *       one part  ──> PUT with If-None-Match: *  (taken -> NAME_1...)
  *       more      ──> multipart: parts handed to the part senders
@@ -50,7 +51,7 @@
 #include "common/log.h"
 #include "s3/s3.h"
 
-#define RESCAN_SECONDS 2.0
+#define RESCAN_SECONDS 1.0
 #define MAX_NAME_TRIES 10000
 
 enum unit_state {
@@ -116,6 +117,8 @@ struct engine {
 	pthread_t *workers;
 	pthread_t *senders;
 	int nworkers, nsenders;
+	int big_free;		/* multipart slots left, protected by lock */
+	pthread_cond_t big_cond;
 	int started;
 };
 
@@ -943,6 +946,25 @@ out:
 	return rc;
 }
 
+/*
+ * Small files are bound by request latency, so many run at once (4 workers
+ * per upload slot); files that need a multipart upload hold one of the
+ * cfg->uploads slots, which is what bounds memory.
+ */
+static void big_slot(struct engine *e, int take)
+{
+	pthread_mutex_lock(&e->lock);
+	if (take) {
+		while (e->big_free == 0)
+			pthread_cond_wait(&e->big_cond, &e->lock);
+		e->big_free--;
+	} else {
+		e->big_free++;
+		pthread_cond_signal(&e->big_cond);
+	}
+	pthread_mutex_unlock(&e->lock);
+}
+
 /* Upload unit @name (record @rec).  Fills @r; returns 0 or -errno. */
 static int upload_unit(struct engine *e, struct s3_client *c, struct unit *u,
 		       const struct store_record *rec, const char *name, struct result *r)
@@ -955,7 +977,7 @@ static int upload_unit(struct engine *e, struct s3_client *c, struct unit *u,
 	size_t nmeta = 0, part_size;
 	struct stat st;
 	ssize_t n;
-	int fd = -1, rc;
+	int fd = -1, big = 0, rc;
 
 	rc = backing_pending(e, name, path, sizeof(path));
 	if (rc)
@@ -985,6 +1007,9 @@ static int upload_unit(struct engine *e, struct s3_client *c, struct unit *u,
 	r->fmt = arc_stream_format(as);
 	atomic_store(&u->total, (uint64_t)st.st_size);
 	part_size = part_size_for(e->cfg, (uint64_t)st.st_size);
+	big = (uint64_t)st.st_size >= part_size;
+	if (big)
+		big_slot(e, 1);
 	buf = malloc(part_size);
 	if (!buf) {
 		rc = -ENOMEM;
@@ -1039,6 +1064,8 @@ read_error:
 out:
 	free(buf);
 	arc_stream_free(as);
+	if (big)
+		big_slot(e, 0);
 	if (fd >= 0)
 		close(fd);
 	return rc;
@@ -1454,6 +1481,7 @@ static void *sched_main(void *arg)
 		struct timespec ts;
 
 		if (now >= next_scan) {
+			store_sync(e->fs->st);
 			poll_hold(e);
 			rescan(e, 0);
 			next_scan = now + RESCAN_SECONDS;
@@ -1542,6 +1570,8 @@ int engine_new(struct fs *fs, struct engine **out)
 	pthread_cond_init(&e->sched_cond, NULL);
 	pthread_cond_init(&e->work_cond, NULL);
 	pthread_cond_init(&e->part_cond, NULL);
+	pthread_cond_init(&e->big_cond, NULL);
+	e->big_free = cfg->uploads;
 	e->ready_tail = &e->ready;
 	e->parts_tail = &e->parts;
 	atomic_store(&fs->held, cfg->hold);
@@ -1558,7 +1588,7 @@ int engine_start(struct engine *e)
 	else
 		poll_hold(e);
 	recover(e);
-	e->nworkers = e->cfg->uploads;
+	e->nworkers = e->cfg->uploads * 4 > 32 ? 32 : e->cfg->uploads * 4;
 	e->nsenders = e->cfg->uploads * e->cfg->parts_in_flight;
 	e->workers = calloc((size_t)e->nworkers, sizeof(*e->workers));
 	e->senders = calloc((size_t)e->nsenders, sizeof(*e->senders));
@@ -1613,5 +1643,6 @@ void engine_free(struct engine *e)
 	pthread_cond_destroy(&e->sched_cond);
 	pthread_cond_destroy(&e->work_cond);
 	pthread_cond_destroy(&e->part_cond);
+	pthread_cond_destroy(&e->big_cond);
 	free(e);
 }

@@ -106,6 +106,7 @@ static int mount_main(int argc, char **argv)
 			cfg.db_dir, mgmtfs_strerror(rc, eb, sizeof(eb)));
 		goto out;
 	}
+	store_set_lazy_sync(st, 1);
 	rc = fs_init_state(&fs, &cfg, st);
 	state_ok = 1;
 	if (!rc)
@@ -118,7 +119,8 @@ static int mount_main(int argc, char **argv)
 	snprintf(opts, sizeof(opts), "default_permissions,fsname=mgmtfs,subtype=mgmtfs%s",
 		 cfg.allow_other ? ",allow_other" : "");
 	if (fuse_opt_add_arg(&args, "mgmtfs") || fuse_opt_add_arg(&args, "-o") ||
-	    fuse_opt_add_arg(&args, opts))
+	    fuse_opt_add_arg(&args, opts) ||
+	    (getenv("MGMTFS_FUSE_DEBUG") && fuse_opt_add_arg(&args, "-d")))
 		goto out;
 	fs.se = fuse_session_new(&args, &fs_ops, sizeof(fs_ops), &fs);
 	if (!fs.se) {
@@ -155,7 +157,7 @@ static int mount_main(int argc, char **argv)
 		goto out;
 	fuse_loop_cfg_set_clone_fd(lc, 0);
 	fuse_loop_cfg_set_max_threads(lc, 16);
-	fuse_loop_cfg_set_idle_threads(lc, 4);
+	fuse_loop_cfg_set_idle_threads(lc, 16);
 	ret = fuse_session_loop_mt(fs.se, lc) ? 1 : 0;
 out:
 	if (fs.eng)
@@ -171,6 +173,8 @@ out:
 	engine_free(fs.eng);
 	if (state_ok)
 		fs_release_state(&fs);
+	if (st)
+		store_sync(st);
 	store_close(st);
 	fuse_opt_free_args(&args);
 	s3_global_cleanup();

@@ -459,6 +459,15 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	struct fuse_entry_param e;
 	int rc = do_lookup(FS(req), parent, name, &e);
 
+	/*
+	 * A negative entry the kernel may cache (cp looks the name up twice);
+	 * every entry the daemon adds itself is invalidated when it does.
+	 */
+	if (rc == -ENOENT && parent != FUSE_ROOT_ID) {
+		memset(&e, 0, sizeof(e));
+		e.entry_timeout = TIMEOUT;
+		rc = 0;
+	}
 	reply_entry_or_err(req, rc, &e);
 }
 

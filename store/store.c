@@ -506,6 +506,20 @@ int store_open(const char *dir, int readonly, struct store **out)
 	return store_open_mapsize(dir, readonly, STORE_INITIAL_MAPSIZE, out);
 }
 
+int store_set_lazy_sync(struct store *st, int lazy)
+{
+	if (st->readonly)
+		return 0;
+	return store_errno(mdb_env_set_flags(st->env, MDB_NOSYNC, lazy ? 1 : 0));
+}
+
+int store_sync(struct store *st)
+{
+	if (st->readonly)
+		return 0;
+	return store_errno(mdb_env_sync(st->env, 1));
+}
+
 void store_close(struct store *st)
 {
 	struct store **pp;

@@ -82,6 +82,15 @@ int store_open(const char *dir, int readonly, struct store **out);
 void store_close(struct store *st);	/* NULL is a no-op */
 
 /*
+ * Lazy sync (@lazy = 1): commits no longer wait for fsync; the caller
+ * calls store_sync() periodically (the daemon: every second).  A killed
+ * process loses nothing (the data is in the page cache); a power cut may
+ * lose the last second.  Returns 0 or -errno.
+ */
+int store_set_lazy_sync(struct store *st, int lazy);
+int store_sync(struct store *st);
+
+/*
  * Write every field of @rec and update the indexes, in one transaction.
  * @rec->id == 0 allocates a new id and sets @rec->id.  The path index
  * entry of a path that changed is moved (the old one removed only if it

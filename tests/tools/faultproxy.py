@@ -22,21 +22,35 @@ signatures made for the proxy's address still verify at the server.
                      drop-response       forward, let the server act, then RST
                                          the client before the answer (the
                                          server HAS stored it: idempotency test)
+                     hold-response:SECONDS  forward, let the server act, then
+                                         hold its answer SECONDS before passing
+                                         it on (dropped if the client hangs up
+                                         meanwhile: a crash after the server
+                                         acted, before the client knew)
+                     reply:CODE          answer CODE with an empty body, never
+                                         forwarding (e.g. reply:200 on a HEAD)
                      none                pass (a rule that only counts)
   --match REGEX      only requests whose request line ("PUT /b/k?x HTTP/1.1")
                      matches count as candidates (default: all)
   --every N          fault every Nth candidate (default 1)
   --first N          fault only the first N faults' worth, then pass (0 = no cap)
   --prob P --seed S  instead of --every: fault each candidate with chance P
+  --status CODE      drop-response and hold-response only act on answers
+                     with this status (others pass and do not count)
   --log FILE         one line per request, tab-separated:
                        n  rule  fault  request-line  status
                      rule: index of the first rule whose --match matched, or -
                      fault: the fault applied, or - ; status: the server's
                      code, the injected code, RST, CODE+RST (drop-response),
-                     or GONE (a stalled client hung up)
+                     GONE (a stalled client hung up: never forwarded) or
+                     CODE+GONE (a held answer whose client hung up).  A stall
+                     or hold also writes a line with status HELD when it
+                     starts (so a test knows the request is being held).
+                     A broken connection: status "ERROR <why>".
   --control FILE     rules that replace the command line's at run time: JSON
                        {"rules": [{"fault": "stall:30", "match": "PUT .*",
-                                   "every": 1, "first": 1, "prob": null}, ...]}
+                                   "every": 1, "first": 1, "prob": null,
+                                   "status": null}, ...]}
                      re-read whenever the file changes (write it atomically:
                      a temporary file renamed over it); each load starts the
                      rules' counters afresh.  The first rule whose match
@@ -67,8 +81,9 @@ LOCK = threading.Lock()
 
 
 class Rule:
-    def __init__(self, fault, match=".", every=1, first=0, prob=None, seed=1):
+    def __init__(self, fault, match=".", every=1, first=0, prob=None, seed=1, status=None):
         self.fault = fault.split(":") if isinstance(fault, str) else list(fault)
+        self.status = None if status is None else int(status)
         self.match = re.compile(match)
         self.every = max(1, int(every))
         self.first = int(first or 0)
@@ -80,7 +95,7 @@ class Rule:
     @classmethod
     def from_json(cls, d):
         return cls(d.get("fault", "none"), d.get("match", "."), d.get("every", 1),
-                   d.get("first", 0), d.get("prob"), d.get("seed", 1))
+                   d.get("first", 0), d.get("prob"), d.get("seed", 1), d.get("status"))
 
 
 class Control:
@@ -110,7 +125,8 @@ class Control:
             self.stamp = stamp
 
     def decide(self, line):
-        """(request number, index of the matching rule or None, fault or None)."""
+        """(request number, index of the matching rule or None, fault or None,
+        the rule or None)."""
         text = line.decode("latin-1")
         with LOCK:
             self._reload()
@@ -127,9 +143,15 @@ class Control:
                     hit = False
                 if hit and r.fault[0] != "none":
                     r.faults += 1
-                    return self.n, i, r.fault
-                return self.n, i, None
-            return self.n, None, None
+                    return self.n, i, r.fault, r
+                return self.n, i, None, r
+            return self.n, None, None, None
+
+    @staticmethod
+    def unfault(rule):
+        """The answer did not have the rule's --status: it was not a fault."""
+        with LOCK:
+            rule.faults -= 1
 
 
 def recv_head(sock, buf):
@@ -270,6 +292,11 @@ def client_gone_within(sock, seconds):
             return True
 
 
+def reply(status):
+    reason = {200: "OK", 204: "No Content", 404: "Not Found"}.get(status, "Status")
+    return f"HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\n\r\n".encode()
+
+
 def log(a, *f):
     if a.logf:
         with LOCK:
@@ -280,6 +307,7 @@ def log(a, *f):
 def handle(a, cli):
     up = None
     buf = b""
+    n, rule_s, fault_s, text = "-", "-", "-", "-"
     try:
         while True:
             head, rest = recv_head(cli, buf)
@@ -287,7 +315,7 @@ def handle(a, cli):
                 return
             line, h = parse_headers(head)
             text = line.decode("latin-1")
-            n, rule, fault = a.control.decide(line)
+            n, rule, fault, rule_obj = a.control.decide(line)
             rule_s = "-" if rule is None else rule
             fault_s = ":".join(fault) if fault else "-"
             kind = fault[0] if fault else None
@@ -304,8 +332,15 @@ def handle(a, cli):
                 cli.sendall(s3_error(status, code))
                 log(a, n, rule_s, fault_s, text, status)
                 continue
+            if kind == "reply":
+                buf, _ = relay_body(cli, None, rest, h)
+                cli.sendall(reply(int(fault[1])))
+                log(a, n, rule_s, fault_s, text, int(fault[1]))
+                continue
             if kind in ("stall", "delay"):
                 t = float(fault[1]) / (1000.0 if kind == "delay" else 1.0)
+                if kind == "stall":
+                    log(a, n, rule_s, fault_s, text, "HELD")
                 if client_gone_within(cli, t):
                     log(a, n, rule_s, fault_s, text, "GONE")
                     return
@@ -348,6 +383,29 @@ def handle(a, cli):
                     continue
                 break
             no_body = method == b"HEAD" or code in (204, 304)
+            if kind in ("drop-response", "hold-response") and rule_obj.status is not None \
+                    and code != rule_obj.status:
+                Control.unfault(rule_obj)
+                kind, fault_s = None, "-"
+            if kind == "hold-response":
+                # the whole answer is read first: the server is done with it
+                hbuf = bytearray()
+
+                class Sink:
+                    @staticmethod
+                    def sendall(b):
+                        hbuf.extend(b)
+                _, until_close = relay_body(up, Sink, urest, uhd, request=False,
+                                            no_body=no_body)
+                log(a, n, rule_s, fault_s, text, "HELD")
+                if client_gone_within(cli, float(fault[1])):
+                    log(a, n, rule_s, fault_s, text, f"{code}+GONE")
+                    return
+                cli.sendall(uh + b"\r\n\r\n" + bytes(hbuf))
+                log(a, n, rule_s, fault_s, text, code)
+                if until_close or uhd.get(b"connection", b"").lower() == b"close":
+                    return
+                continue
             if kind == "drop-response":
                 relay_body(up, None, urest, uhd, request=False, no_body=no_body)
                 log(a, n, rule_s, fault_s, text, f"{code}+RST")
@@ -360,7 +418,7 @@ def handle(a, cli):
             if until_close or uhd.get(b"connection", b"").lower() == b"close":
                 return
     except (OSError, ConnectionError, ValueError) as e:
-        log(a, "error", "-", "-", repr(e), "-")
+        log(a, n, rule_s, fault_s, text, f"ERROR {e!r}")
     finally:
         for s in (cli, up):
             if s is not None:
@@ -381,11 +439,12 @@ def main():
     ap.add_argument("--first", type=int, default=0)
     ap.add_argument("--prob", type=float)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--status", type=int)
     ap.add_argument("--log")
     ap.add_argument("--control")
     ap.add_argument("--port-file")
     a = ap.parse_args()
-    a.control = Control([Rule(a.fault, a.match, a.every, a.first, a.prob, a.seed)],
+    a.control = Control([Rule(a.fault, a.match, a.every, a.first, a.prob, a.seed, a.status)],
                         a.control)
     a.logf = open(a.log, "a", encoding="utf-8") if a.log else None
     th, tp = a.target.rsplit(":", 1)
