@@ -35,6 +35,14 @@ static void fuse_log_to_ours(enum fuse_log_level level, const char *fmt, va_list
 			   "fuse: %s", msg);
 }
 
+static int stop_listing(const char *key, const char *upload_id, void *arg)
+{
+	(void)key;
+	(void)upload_id;
+	(void)arg;
+	return 1;
+}
+
 /* HEAD the bucket with the configured keys.  0, or -errno with one line in @err. */
 static int check_bucket(const struct mgmtfs_config *cfg, char *err, size_t errlen)
 {
@@ -53,6 +61,7 @@ static int check_bucket(const struct mgmtfs_config *cfg, char *err, size_t errle
 		.stall_seconds = 10,
 	};
 	struct s3_client *c = NULL;
+	int level = atomic_load(&mgmtfs_log_threshold);
 	int rc = s3_client_new(&sc, &c);
 
 	if (rc) {
@@ -60,10 +69,17 @@ static int check_bucket(const struct mgmtfs_config *cfg, char *err, size_t errle
 			 cfg->endpoint);
 		return rc;
 	}
+	/* one line on failure: the retries' own notes are not wanted here */
+	if (level < MGMTFS_LOG_DEBUG)
+		atomic_store(&mgmtfs_log_threshold, MGMTFS_LOG_ERR);
 	rc = s3_head_bucket(c);
+	/* a HEAD has no body: ask again with a GET to learn which 403 it is */
+	if (rc == -EACCES && s3_mpu_list(c, "", stop_listing, NULL) == -EACCES)
+		rc = -EACCES;
 	if (rc)
 		snprintf(err, errlen, "cannot use bucket '%s' at %s: %s", cfg->bucket,
 			 cfg->endpoint, s3_client_error(c));
+	atomic_store(&mgmtfs_log_threshold, level);
 	s3_client_free(c);
 	return rc;
 }

@@ -1,0 +1,241 @@
+"""Faults between mgmtfs and S3, injected by tests/tools/faultproxy.py.
+
+Every upload must still complete once, whole: checked on the server with the
+independent client (one object, a tar.gz of exactly the bytes written, no
+multipart upload left behind).  Nothing here measures time.
+"""
+import errno
+import os
+import re
+import subprocess
+import zlib
+
+import pytest
+
+from fault_tools import (MODE, MTIME, MULTI_SIZE, assert_uploaded_once, data_of,
+                         fault_proxy, proxied, uploads_under, write_file, write_until_error)
+from helpers import get_status, get_xattr, wait_status
+
+assert fault_proxy  # a fixture, used by name
+
+PART = r"\?partNumber={}&"
+CREATE = r"\?uploads=$"
+COMPLETE = r"^/[^?]+\?uploadId=[^&]+$"
+SMALL = 200 << 10  # one PUT
+
+
+def single_put(m, name):
+    """The target of the single PUT of pending/@name, as a regex."""
+    return "^" + re.escape(f"/{m.bucket}/{m.key(name)}") + "$"
+
+
+def single_put_line(m, name):
+    """--match for the request line of that PUT."""
+    return "^PUT " + single_put(m, name)[1:-1] + " "
+
+
+# name -> (size of the file, rules(m, name), options, what the log must show(m, name, log))
+FAULTS = {
+    "503-slowdown-on-parts-2-and-4": (
+        MULTI_SIZE,
+        lambda m, n: [{"fault": "status:503:SlowDown", "match": r"PUT .*\?partNumber=[24]&",
+                       "first": 3}],
+        {},
+        lambda m, n, lg: len(lg.find("PUT", r"\?partNumber=[24]&", 503)) == 3),
+    "500-on-create": (
+        MULTI_SIZE,
+        lambda m, n: [{"fault": "status:500:InternalError", "match": r"POST .*\?uploads=",
+                       "first": 2}],
+        {},
+        lambda m, n, lg: len(lg.find("POST", CREATE, 500)) == 2
+        and len(lg.find("POST", CREATE, 200)) == 1),
+    "reset-mid-body-of-part-3": (
+        MULTI_SIZE,
+        lambda m, n: [{"fault": "reset:300000", "match": r"PUT .*\?partNumber=3&", "first": 1}],
+        {},
+        lambda m, n, lg: len(lg.find("PUT", PART.format(3), "RST")) == 1),
+    "stall-part-2": (
+        MULTI_SIZE,
+        lambda m, n: [{"fault": "stall:600", "match": r"PUT .*\?partNumber=2&", "first": 1}],
+        {"stall_seconds": 2},  # the daemon cuts the stalled transfer and sends it again
+        lambda m, n, lg: len(lg.find("PUT", PART.format(2), "GONE")) == 1),
+    "dropped-answer-of-part-2": (
+        MULTI_SIZE,
+        lambda m, n: [{"fault": "drop-response", "match": r"PUT .*\?partNumber=2&",
+                       "first": 1}],
+        {},
+        lambda m, n, lg: len(lg.find("PUT", PART.format(2), "200+RST")) == 1),
+    "dropped-answer-of-complete": (
+        MULTI_SIZE,
+        lambda m, n: [{"fault": "drop-response", "match": r"POST .*\?uploadId=", "first": 1}],
+        {},
+        lambda m, n, lg: len(lg.find("POST", COMPLETE, "200+RST")) == 1),
+    "dropped-answer-of-create": (
+        MULTI_SIZE,
+        lambda m, n: [{"fault": "drop-response", "match": r"POST .*\?uploads=", "first": 1}],
+        {},
+        lambda m, n, lg: len(lg.find("POST", CREATE, "200+RST")) == 1),
+    "503-slowdown-on-single-put": (
+        SMALL,
+        lambda m, n: [{"fault": "status:503:SlowDown", "match": single_put_line(m, n), "first": 2}],
+        {},
+        lambda m, n, lg: len(lg.find("PUT", single_put(m, n), 503)) == 2),
+    "reset-mid-body-of-single-put": (
+        SMALL,
+        lambda m, n: [{"fault": "reset:50000", "match": single_put_line(m, n), "first": 1}],
+        {},
+        lambda m, n, lg: len(lg.find("PUT", single_put(m, n), "RST")) == 1),
+    "dropped-answer-of-single-put": (
+        SMALL,
+        lambda m, n: [{"fault": "drop-response", "match": single_put_line(m, n), "first": 1}],
+        {},
+        lambda m, n, lg: len(lg.find("PUT", single_put(m, n), "200+RST")) == 1),
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_upload_survives(fault_proxy, mount, tmp_path, fault):
+    size, rules, extra, shown = FAULTS[fault]
+    m = mount(proxied(fault_proxy, **extra))
+    name = "media.bin"
+    fault_proxy.set_rules(rules(m, name))
+    data = data_of(size, zlib.crc32(fault.encode()))
+    write_file(m.pending(name), data)
+
+    m.wait_completed(name)
+
+    lg = fault_proxy.log()
+    assert shown(m, name, lg), "the fault was not injected as planned"
+    assert_uploaded_once(m, name, data, tmp_path / "check")
+    assert int(get_xattr(m.completed(name), "user.mgmt.attempts")) >= 1
+
+
+def test_wrong_secret_fails_at_once_then_retry(fault_proxy, mount, s3, tmp_path):
+    """A real 403 SignatureDoesNotMatch from the RGW: the unit fails after one
+    PUT with a message naming the key; remounted with the right secret,
+    `mgmtfs retry` uploads it."""
+    wrong = "Wr0ngSecret" + s3.secret_key[::-1][:20]
+    # the mount's own bucket check would refuse the wrong secret: let it pass
+    fault_proxy.set_rules([{"fault": "reply:200", "match": f"^HEAD /{s3.bucket} "}])
+    m = mount(proxied(fault_proxy), env={"AWS_SECRET_ACCESS_KEY": wrong})
+    name = "clip.bin"
+    data = data_of(SMALL, 3)
+    write_file(m.pending(name), data)
+
+    wait_status(m.pending(name), "failed")
+    error = get_xattr(m.pending(name), "user.mgmt.error")
+    assert f"403 SignatureDoesNotMatch: check the secret key for access key {s3.access_key}" \
+        in error
+    assert get_xattr(m.pending(name), "user.mgmt.attempts") == "1"
+    puts = fault_proxy.log().find("PUT", single_put(m, name))
+    assert [e[5] for e in puts] == ["403"], "a 403 must not be retried"
+    listed = m.cli("list", "--json").stdout.decode()
+    for text in (error, m.log(), listed):
+        assert wrong not in text and s3.secret_key not in text
+    assert m.client.list_objects(m.bucket, m.prefix + "/") == []
+
+    # fix the key: unmount, mount again with the right secret, retry
+    assert m.stop() == []
+    fault_proxy.set_rules([])
+    m.env["AWS_SECRET_ACCESS_KEY"] = s3.secret_key
+    m.start()
+    assert get_status(m.pending(name)) == "failed"
+    p = m.cli("retry", str(m.pending(name)))
+    assert p.returncode == 0, p.stderr.decode(errors="replace")
+    m.wait_completed(name)
+    assert_uploaded_once(m, name, data, tmp_path / "check")
+    assert wrong not in m.log()
+
+
+def test_403_on_a_part_fails_at_once_and_aborts(fault_proxy, mount, s3, tmp_path):
+    """A 403 in the middle of a multipart upload: failed after one try of that
+    part, the multipart upload aborted; `mgmtfs retry --failed` completes it."""
+    m = mount(proxied(fault_proxy))
+    fault_proxy.set_rules([{"fault": "status:403:SignatureDoesNotMatch",
+                            "match": r"PUT .*\?partNumber=3&"}])
+    name = "film.bin"
+    data = data_of(MULTI_SIZE, 4)
+    write_file(m.pending(name), data)
+
+    wait_status(m.pending(name), "failed")
+    error = get_xattr(m.pending(name), "user.mgmt.error")
+    assert "403 SignatureDoesNotMatch: check the secret key for access key" in error
+    assert s3.secret_key not in error
+    lg = fault_proxy.log()
+    assert len(lg.find("PUT", PART.format(3), 403)) == 1, "a 403 must not be retried"
+    assert lg.find("DELETE", r"\?uploadId="), "the multipart upload was not aborted"
+    assert uploads_under(m) == []
+    assert m.client.list_objects(m.bucket, m.prefix + "/") == []
+
+    fault_proxy.set_rules([])
+    p = m.cli("retry", "--failed")
+    assert p.returncode == 0, p.stderr.decode(errors="replace")
+    m.wait_completed(name)
+    assert_uploaded_once(m, name, data, tmp_path / "check")
+
+
+def test_write_during_upload_uploads_final_content(fault_proxy, mount, tmp_path):
+    """A write into the file while its part 2 is on the wire: the upload is
+    cut and aborted, and the object holds only the content after the write."""
+    m = mount(proxied(fault_proxy))
+    fault_proxy.set_rules([{"fault": "stall:600", "match": r"PUT .*\?partNumber=2&",
+                            "first": 1}])
+    name = "growing.bin"
+    first = data_of(MULTI_SIZE, 5)
+    write_file(m.pending(name), first)
+    fault_proxy.wait_for("part 2 held", lambda lg: lg.held("PUT", PART.format(2)))
+    assert get_status(m.pending(name)) == "uploading"
+
+    final = data_of(1 << 20, 6) + first[1 << 20:] + b"appended while uploading"
+    with open(m.pending(name), "r+b") as f:  # overwrite the start, append at the end
+        f.write(final[:1 << 20])
+        f.seek(len(first))
+        f.write(final[len(first):])
+    os.utime(m.pending(name), (MTIME, MTIME))
+
+    m.wait_completed(name)
+    lg = fault_proxy.log()
+    assert lg.find("PUT", PART.format(2), "GONE"), "the held part was not cut"
+    assert lg.find("DELETE", r"\?uploadId=", 204), "the first multipart upload was not aborted"
+    assert len(lg.find("POST", COMPLETE, 200)) == 1
+    assert_uploaded_once(m, name, final, tmp_path / "check", mode=MODE)
+
+
+@pytest.fixture
+def small_fs(workdir, request):
+    """An 8 MiB tmpfs (torn down after the mount: ask for it first)."""
+    d = workdir / f"tmpfs-{request.node.name}"
+    d.mkdir()
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0755", "tmpfs", str(d)],
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {p.stderr.strip()}")
+    yield d
+    if subprocess.run(["umount", str(d)], capture_output=True).returncode != 0:
+        subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+def test_enospc_fails_writer_and_uploads_nothing(small_fs, fault_proxy, mount, tmp_path):
+    local = small_fs / "local"
+    m = mount(proxied(fault_proxy, local_dir=local))
+    m.local = local  # for `mgmtfs list --local-dir`
+    name = "huge.bin"
+
+    written, err = write_until_error(m.pending(name), limit=64 << 20)
+
+    assert err is not None, f"wrote {written} bytes into an 8 MiB filesystem without error"
+    assert err.errno == errno.ENOSPC, err
+    wait_status(m.pending(name), "failed")
+    error = get_xattr(m.pending(name), "user.mgmt.error")
+    assert "free space" in error, error
+    assert m.client.list_objects(m.bucket, m.prefix + "/") == []
+    assert uploads_under(m) == []
+
+    # space freed: the next file goes up, and still nothing of the failed one
+    os.unlink(m.pending(name))
+    data = data_of(SMALL, 8)
+    write_file(m.pending("after.bin"), data)
+    m.wait_completed("after.bin")
+    assert_uploaded_once(m, "after.bin", data, tmp_path / "check")
+    assert not fault_proxy.log().find(None, "/" + name + r"\.tar\.gz"), \
+        "a request for the file that hit ENOSPC reached the server"
