@@ -80,7 +80,7 @@ struct pgz {
 	size_t nslots;
 	struct pgz_slot *cur;	/* block being handed out, or NULL */
 
-	z_stream zs;		/* the caller's, for inline compression */
+	z_stream zs;		/* the caller's, when no worker runs */
 	int zs_ready;
 
 	pthread_mutex_t lock;
@@ -218,7 +218,7 @@ int pgz_new(int level, int threads, size_t block_size, uint64_t total, arc_fill_
 
 	/* a single block needs no dictionary and no more room than its bytes */
 	in_cap = z->nblocks == 1 ? (size_t)total : block_size;
-	z->nslots = z->nblocks == 1 ? 1 : (size_t)2 * (size_t)threads;
+	z->nslots = z->nblocks == 1 ? 1 : (size_t)2 * (size_t)threads + 2;
 	if (z->nslots > z->nblocks)
 		z->nslots = (size_t)z->nblocks;
 	bound = deflateBound(NULL, (uLong)in_cap) + 64;	/* + sync flush marker */
@@ -337,32 +337,10 @@ static int next_block(struct pgz *z)
 			pthread_cond_signal(&z->work);
 			pthread_mutex_unlock(&z->lock);
 		}
-		if (!z->zs_ready) {
-			rc = z_init(&z->zs, z->level);
-			if (rc)
-				return rc;
-			z->zs_ready = 1;
-		}
 		sl = &z->slots[z->next_out % z->nslots];
 		pthread_mutex_lock(&z->lock);
-		while (sl->state != SLOT_DONE) {
-			struct pgz_slot *job = z->qhead;
-
-			if (!job) {
-				pthread_cond_wait(&z->done, &z->lock);
-				continue;
-			}
-			/* rather than wait, compress a queued block here (helps when
-			 * the workers are starved of CPU by other processes) */
-			z->qhead = job->next;
-			if (!z->qhead)
-				z->qtail = &z->qhead;
-			pthread_mutex_unlock(&z->lock);
-			rc = compress_slot(&z->zs, job);
-			pthread_mutex_lock(&z->lock);
-			job->err = rc;
-			job->state = SLOT_DONE;
-		}
+		while (sl->state != SLOT_DONE)
+			pthread_cond_wait(&z->done, &z->lock);
 		sl->state = SLOT_IDLE;
 		pthread_mutex_unlock(&z->lock);
 		if (sl->err)

@@ -11,12 +11,13 @@ tool, then run 2, ...) so that drift hits every tool alike.  Each table gives th
 median of RUNS runs, the min-max range and mgmtfs's ratio to each peer.
 
 env (set by scripts/bench): RUNS BENCH_DATA BENCH_WORK BENCH_RESULTS MGMTFS
-  MGMTFS_OPTS (extra -o options) BUCKET S3_ENDPOINT AWS_ACCESS_KEY_ID
+  MGMTFS_OPTS (extra -o options) BENCH_SKIP (regex: rows to skip) BUCKET S3_ENDPOINT AWS_ACCESS_KEY_ID
   AWS_SECRET_ACCESS_KEY AWS_REGION
 """
 import datetime
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -40,6 +41,7 @@ BUCKET = os.environ.get("BUCKET", "bench")
 ENDPOINT = os.environ["S3_ENDPOINT"]
 REGION = (os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
           or "us-east-1")
+SKIP = os.environ.get("BENCH_SKIP", "")
 TIMEOUT = float(os.environ.get("BENCH_TIMEOUT", "1200"))
 PY = sys.executable
 
@@ -339,6 +341,8 @@ class Table:
 
     def add(self, *a, **kw):
         r = Row(*a, **kw)
+        if SKIP and re.search(SKIP, r.label):
+            r.err = "n/a: skipped (BENCH_SKIP)"
         self.rows.append(r)
         return r
 

@@ -193,10 +193,11 @@ static int open_store(struct cli *c, const char *path_hint, int readonly)
 	ssize_t n;
 	int rc;
 
-	if (!local) {
+	{
 		const char *p = path_hint && realpath(path_hint, abs) ? abs : NULL;
 
-		if (find_mount(p, c->mnt, sizeof(c->mnt)) == 0) {
+		/* the mount a PATH is in tells both the database and how to read PATH */
+		if (find_mount(p, c->mnt, sizeof(c->mnt)) == 0 && !local) {
 			n = getxattr(c->mnt, "user.mgmt.local_dir", dir, sizeof(dir) - 1);
 			if (n > 0) {
 				dir[n] = '\0';

@@ -212,7 +212,8 @@ def assert_uploaded_once(m, name, data, scratch, mode=MODE, mtime=MTIME):
     upload left, the file in completed/ with a record that says so."""
     key = m.key(name)
     assert m.client.list_objects(m.bucket, m.prefix + "/") == [key]
-    assert uploads_under(m) == []
+    left = uploads_under(m)
+    assert left == [], f"incomplete multipart uploads left on the server: {left}"
     blob = m.client.get_object(m.bucket, key)
     check_archive(blob, name, data, mode, mtime, scratch)
     done = m.completed(name)

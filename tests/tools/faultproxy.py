@@ -278,6 +278,16 @@ def s3_error(status, code):
             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
 
+class Collect:
+    """A relay_body destination that keeps the bytes."""
+
+    def __init__(self):
+        self.data = bytearray()
+
+    def sendall(self, b):
+        self.data.extend(b)
+
+
 def client_gone_within(sock, seconds):
     """Wait @seconds; True as soon as the client hangs up (POLLRDHUP sees a
     FIN even with unread body bytes in the buffer)."""
@@ -337,11 +347,20 @@ def handle(a, cli):
                 cli.sendall(reply(int(fault[1])))
                 log(a, n, rule_s, fault_s, text, int(fault[1]))
                 continue
+            body = None
             if kind in ("stall", "delay"):
-                t = float(fault[1]) / (1000.0 if kind == "delay" else 1.0)
+                # Take the body in while holding: a client that gives up can
+                # only be seen (its FIN) once its unsent bytes were read.
+                deadline = time.monotonic() + float(fault[1]) / (
+                    1000.0 if kind == "delay" else 1.0)
                 if kind == "stall":
                     log(a, n, rule_s, fault_s, text, "HELD")
-                if client_gone_within(cli, t):
+                body = Collect()
+                try:
+                    buf, _ = relay_body(cli, body, rest, h)
+                except (OSError, ConnectionError):
+                    buf = None
+                if buf is None or client_gone_within(cli, deadline - time.monotonic()):
                     log(a, n, rule_s, fault_s, text, "GONE")
                     return
             if up is None:
@@ -369,7 +388,10 @@ def handle(a, cli):
                                no_body=method == b"HEAD" or code in (204, 304))
                     log(a, n, rule_s, fault_s, text, code)
                     return
-            buf, _ = relay_body(cli, up, rest, h)
+            if body is None:
+                buf, _ = relay_body(cli, up, rest, h)
+            else:
+                up.sendall(bytes(body.data))
             # the response: skip interim 1xx answers
             urest = b""
             while True:
@@ -389,19 +411,14 @@ def handle(a, cli):
                 kind, fault_s = None, "-"
             if kind == "hold-response":
                 # the whole answer is read first: the server is done with it
-                hbuf = bytearray()
-
-                class Sink:
-                    @staticmethod
-                    def sendall(b):
-                        hbuf.extend(b)
-                _, until_close = relay_body(up, Sink, urest, uhd, request=False,
+                held = Collect()
+                _, until_close = relay_body(up, held, urest, uhd, request=False,
                                             no_body=no_body)
                 log(a, n, rule_s, fault_s, text, "HELD")
                 if client_gone_within(cli, float(fault[1])):
                     log(a, n, rule_s, fault_s, text, f"{code}+GONE")
                     return
-                cli.sendall(uh + b"\r\n\r\n" + bytes(hbuf))
+                cli.sendall(uh + b"\r\n\r\n" + bytes(held.data))
                 log(a, n, rule_s, fault_s, text, code)
                 if until_close or uhd.get(b"connection", b"").lower() == b"close":
                     return
