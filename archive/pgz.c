@@ -15,10 +15,10 @@
  * The thread calling pgz_read() is the reader and the writer: it fills free
  * slots from the source (pread + sha256 happen there, in the source), queues
  * them, then waits for the oldest block, joins its CRC-32 with
- * crc32_combine() and copies its output out.  While that block is not done
- * it compresses queued blocks itself instead of sleeping, so the pipeline
- * keeps moving when other processes take the workers' CPU.  At most nslots = 2 * threads
- * blocks are in flight, so memory is bounded whatever the file size.
+ * crc32_combine() and copies its output out.  At most nslots = 2 * threads
+ * + 2 blocks are in flight (the 2 spare, like pigz's 2p+3 input buffers,
+ * keep the workers fed when the reader is scheduled late on a busy box), so
+ * memory is bounded whatever the file size.
  *
  * A source of one block (or a failure to start any thread) is compressed
  * in the caller's thread with no worker: 1000 small files start no thread.

@@ -1,0 +1,132 @@
+"""kill -9 of the daemon in the middle of a multipart upload, at chosen points.
+
+The fault proxy holds one chosen request (or the server's answer to it), the
+daemon is killed while it waits, and a new daemon is mounted on the same
+local_dir.  It must finish the upload without sending again the parts the
+server already has (part PUTs counted in the proxy's log, parts listed on the
+server by the independent client), leave no incomplete multipart upload, and
+produce one whole object.
+"""
+import re
+
+import pytest
+
+from fault_tools import (MULTI_SIZE, assert_uploaded_once, crash, data_of, earlier_logs,
+                         fault_proxy, list_parts, proxied, restart, uploads_under, write_file)
+from helpers import get_status
+
+assert fault_proxy  # a fixture, used by name
+
+HOLD = 600  # seconds a held request waits: far longer than the test, it is killed first
+
+
+def part_line(numbers):
+    return r"^PUT \S*\?partNumber=(" + "|".join(map(str, numbers)) + r")&"
+
+
+def head_line(m, name):
+    return r"^HEAD /" + m.bucket + "/" + m.key(name).replace(".", r"\.") + " "
+
+
+# point -> (rules(m, name), what the log shows when the daemon waits on it,
+#           part numbers the server must hold at the kill (None: no upload there yet),
+#           whether the object is already complete on the server at the kill)
+POINTS = {
+    # CreateMultipartUpload done by the server, its answer (the upload id) never
+    # reached the daemon: an upload no record owns, aborted at the next mount
+    "create-answered-not-recorded": (
+        lambda m, n: [{"fault": f"hold-response:{HOLD}", "match": r"^POST \S*\?uploads= "}],
+        lambda lg: lg.held("POST", r"\?uploads=$"),
+        None, False),
+    # the upload exists and is recorded, parts 1 and 2 (both in flight) held
+    "before-the-first-part": (
+        lambda m, n: [{"fault": f"stall:{HOLD}", "match": part_line([1, 2])}],
+        lambda lg: len(lg.held("PUT", r"\?partNumber=[12]&")) == 2,
+        set(), False),
+    # parts 1 and 2 stored, 3 and 4 (both in flight) held
+    "mid-parts": (
+        lambda m, n: [{"fault": f"stall:{HOLD}", "match": part_line([3, 4])}],
+        lambda lg: len(lg.held("PUT", r"\?partNumber=[34]&")) == 2
+        and sorted(lg.part_numbers()) == [1, 2],
+        {1, 2}, False),
+    # every part stored, the complete held before the server saw it
+    "before-complete": (
+        lambda m, n: [{"fault": f"stall:{HOLD}", "match": r"^POST \S*\?uploadId=\S+ "}],
+        lambda lg: lg.held("POST", r"\?uploadId="),
+        "all", False),
+    # the server completed the object, its answer never reached the daemon
+    "complete-answered-not-seen": (
+        lambda m, n: [{"fault": f"hold-response:{HOLD}", "match": r"^POST \S*\?uploadId=\S+ "}],
+        lambda lg: lg.held("POST", r"\?uploadId="),
+        None, True),
+    # complete seen, the HEAD that checks the object answered 200 but held:
+    # after the complete, before the record and the move
+    "after-complete-before-move": (
+        lambda m, n: [{"fault": f"hold-response:{HOLD}", "match": head_line(m, n),
+                       "status": 200}],
+        lambda lg: lg.held("HEAD"),
+        None, True),
+}
+
+
+@pytest.mark.parametrize("point", list(POINTS))
+def test_kill9_then_remount_completes(fault_proxy, mount, tmp_path, point):
+    rules, waiting, parts_at_kill, complete_at_kill = POINTS[point]
+    m = mount(proxied(fault_proxy, stall_seconds=HOLD))
+    name = "movie.bin"
+    key = m.key(name)
+    fault_proxy.set_rules(rules(m, name))
+    data = data_of(MULTI_SIZE, 11)
+    write_file(m.pending(name), data)
+
+    fault_proxy.wait_for(f"the daemon waiting at {point}", waiting)
+    crash(m)
+    # the held request ends only now (its client is gone): then nothing is in flight
+    fault_proxy.wait_for("the held requests dropped",
+                         lambda lg: len([e for e in lg.final() if e[5].endswith("GONE")])
+                         == len(lg.held()))
+    before = fault_proxy.log()
+    fault_proxy.set_rules([])
+
+    # what the server has at the kill, seen by the independent client
+    uploads = uploads_under(m)
+    if complete_at_kill:
+        assert uploads == []
+        assert m.client.head_object(m.bucket, key) is not None
+        had = None
+    else:
+        assert m.client.head_object(m.bucket, key) is None
+        assert len(uploads) == 1, uploads
+        (up_key, upload_id), = uploads
+        assert up_key == key
+        had = set(list_parts(m.client, m.bucket, key, upload_id))
+        if parts_at_kill == "all":
+            assert had == set(before.part_numbers())
+        elif parts_at_kill is not None:
+            assert had == parts_at_kill
+
+    mark = fault_proxy.mark()
+    restart(m)
+    m.wait_completed(name)
+    after = fault_proxy.log(mark)
+
+    assert_uploaded_once(m, name, data, tmp_path / "check")
+    sent_after = after.part_numbers()
+    assert len(sent_after) == len(set(sent_after)), f"a part sent twice: {sorted(sent_after)}"
+    if complete_at_kill:
+        assert sent_after == [], "parts uploaded again for an object already complete"
+        assert not after.find("POST"), "a new upload or complete after the object was complete"
+    elif parts_at_kill is None:
+        # nobody owned the server's upload: aborted at mount, a new one made
+        assert after.find("DELETE", r"\?uploadId=" + re.escape(upload_id) + "$", 204), \
+            "the upload no record owns was not aborted"
+        assert len(after.find("POST", r"\?uploads=$", 200)) == 1
+        assert sorted(sent_after) == list(range(1, max(sent_after) + 1))
+    else:
+        # resumed: the same upload, only the parts the server lacked
+        assert not after.find("POST", r"\?uploads=$"), "a new upload instead of resuming"
+        total = max(sent_after + sorted(had))
+        assert set(sent_after) == set(range(1, total + 1)) - had, \
+            f"server had {sorted(had)}, sent after the restart {sorted(sent_after)}"
+        assert total >= 5
+    assert get_status(m.completed(name)) == "completed", earlier_logs(m)
