@@ -720,6 +720,38 @@ static int upload_single(struct engine *e, struct s3_client *c, struct unit *u, 
 	return 0;
 }
 
+struct stray_arg {
+	const char *key;
+	const char *keep;
+	char ids[8][S3_UPLOAD_ID_MAX];
+	int n;
+};
+
+static int stray_cb(const char *key, const char *upload_id, void *arg)
+{
+	struct stray_arg *s = arg;
+
+	if (!strcmp(key, s->key) && strcmp(upload_id, s->keep) && s->n < 8)
+		snprintf(s->ids[s->n++], S3_UPLOAD_ID_MAX, "%s", upload_id);
+	return 0;
+}
+
+/*
+ * A CreateMultipartUpload whose answer was lost and was sent again leaves
+ * an upload nobody knows: abort every other upload of the key we own.
+ */
+static void abort_strays(struct s3_client *c, const char *key, const char *keep)
+{
+	struct stray_arg s = { .key = key, .keep = keep };
+
+	if (s3_mpu_list(c, key, stray_cb, &s))
+		return;
+	for (int i = 0; i < s.n; i++) {
+		mgmtfs_info("aborting a stray multipart upload of '%s'", key);
+		s3_mpu_abort(c, key, s.ids[i]);
+	}
+}
+
 struct mpu_arg {
 	const char *key;
 	const char *upload_id;
@@ -792,6 +824,7 @@ static int upload_multi(struct engine *e, struct s3_client *c, struct unit *u,
 			snprintf(r->error, sizeof(r->error), "%s", s3_client_error(c));
 			goto out;
 		}
+		abort_strays(c, r->key, r->upload_id);
 		store_part_clear(e->fs->st, u->id);
 		rc = fs_record_update(e->fs, u->id, save_mpu_fn,
 				      &(struct mpu_arg){ r->key, r->upload_id });
