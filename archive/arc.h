@@ -58,6 +58,19 @@ int arc_stream_open_file(const struct arc_opts *opts, int fd, const char *name,
 			 const struct stat *st, struct arc_stream **out);
 
 /*
+ * Start a stream over the directory tree open on @dirfd (borrowed, kept
+ * open by the caller until arc_stream_free): one tar holding @name/ and
+ * everything under it, in sorted order (the same tree gives the same
+ * bytes).  tar.gz (ARC_AUTO too) or tar; -EISDIR for ARC_GZIP/ARC_NONE;
+ * -EINVAL if the tree holds anything but directories and regular files
+ * (symlinks, devices: nothing is dropped silently).  The tree is walked
+ * here; a file that shrinks before it is read gives -ENODATA.  The sha256
+ * is that of the tar stream.
+ */
+int arc_stream_open_dir(const struct arc_opts *opts, int dirfd, const char *name,
+			struct arc_stream **out);
+
+/*
  * Fill @buf with up to @len bytes of the stream.  Returns the number of
  * bytes (less than @len only at the end of the stream), 0 at the end, or
  * -errno (-EIO for a read error, -ENODATA if the file shrank while read:
@@ -67,6 +80,8 @@ ssize_t arc_stream_read(struct arc_stream *s, void *buf, size_t len);
 
 /* What was really done (never ARC_AUTO). */
 enum arc_format arc_stream_format(const struct arc_stream *s);
+/* Bytes of content the stream will read in all (a directory's files added up). */
+uint64_t arc_stream_size(const struct arc_stream *s);
 /* Bytes of the original read so far / produced so far. */
 uint64_t arc_stream_bytes_in(const struct arc_stream *s);
 uint64_t arc_stream_bytes_out(const struct arc_stream *s);

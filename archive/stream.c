@@ -19,6 +19,7 @@
 #include "archive/arc.h"
 #include "archive/arc_i.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -29,8 +30,22 @@
 
 #include <openssl/evp.h>
 
+/* One member of a directory unit: a directory or a regular file. */
+struct arc_ent {
+	char *path;		/* owned: relative to the unit's directory ("" = itself) */
+	unsigned char *hdr;	/* owned: its tar header block(s) */
+	size_t hdr_len;
+	uint64_t size;		/* file bytes (0 for directories) */
+	uint64_t start;		/* raw offset of its header */
+};
+
 struct arc_stream {
 	enum arc_format format;	/* never ARC_AUTO */
+	int dirfd;		/* borrowed: a directory unit, -1 for a file */
+	struct arc_ent *ents;	/* owned: directory units, in tar order */
+	size_t nents;
+	size_t cur;		/* entry being produced */
+	int cur_fd;		/* owned: the entry's file, open while it is read */
 	int fd;			/* borrowed, valid until arc_stream_free */
 	uint64_t size;		/* st_size at open: exactly this much is read */
 	unsigned char *hdr;	/* owned: tar header block(s), hdr_len bytes */
@@ -164,6 +179,242 @@ static ssize_t raw_fill(void *ctx, void *buf, size_t len)
 	return (ssize_t)n;
 }
 
+/* ---- directory units ---------------------------------------------------- */
+
+static int ent_cmp(const void *a, const void *b)
+{
+	return strcmp(((const struct arc_ent *)a)->path, ((const struct arc_ent *)b)->path);
+}
+
+static int ents_add(struct arc_stream *s, size_t *cap, const char *rel, const char *top,
+		    const struct stat *st)
+{
+	struct arc_ent *e;
+	char *name = NULL;
+	size_t nlen = strlen(top) + 1 + strlen(rel) + 1;
+	ssize_t hl;
+
+	if (s->nents == *cap) {
+		size_t ncap = *cap ? *cap * 2 : 16;
+		struct arc_ent *grown = realloc(s->ents, ncap * sizeof(*grown));
+
+		if (!grown)
+			return -ENOMEM;
+		s->ents = grown;
+		*cap = ncap;
+	}
+	e = &s->ents[s->nents];
+	memset(e, 0, sizeof(*e));
+	e->path = strdup(rel);
+	name = malloc(nlen);
+	if (!e->path || !name) {
+		free(e->path);
+		free(name);
+		return -ENOMEM;
+	}
+	snprintf(name, nlen, "%s%s%s", top, *rel ? "/" : "", rel);
+	e->hdr = malloc(2048 + nlen);
+	if (!e->hdr) {
+		free(e->path);
+		free(name);
+		return -ENOMEM;
+	}
+	hl = arc_tar_header(name, st, S_ISDIR(st->st_mode) ? '5' : '0', e->hdr, 2048 + nlen);
+	free(name);
+	if (hl < 0) {
+		free(e->path);
+		free(e->hdr);
+		return (int)hl;
+	}
+	e->hdr_len = (size_t)hl;
+	e->size = S_ISREG(st->st_mode) ? (uint64_t)st->st_size : 0;
+	s->nents++;
+	return 0;
+}
+
+/*
+ * Walk the tree under @rel (relative to s->dirfd) depth first, directories
+ * before what they hold.  Only directories and regular files can be
+ * archived: anything else fails the walk with -EINVAL (nothing is dropped
+ * silently).
+ */
+static int walk(struct arc_stream *s, size_t *cap, const char *rel, const char *top, int depth)
+{
+	struct stat st;
+	DIR *d = NULL;
+	struct dirent *de;
+	int fd, rc;
+
+	if (depth > 256)
+		return -ELOOP;
+	if (fstatat(s->dirfd, *rel ? rel : ".", &st, AT_SYMLINK_NOFOLLOW))
+		return -errno;
+	if (!S_ISDIR(st.st_mode) && !S_ISREG(st.st_mode))
+		return -EINVAL;
+	rc = ents_add(s, cap, rel, top, &st);
+	if (rc || !S_ISDIR(st.st_mode))
+		return rc;
+	fd = openat(s->dirfd, *rel ? rel : ".", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	d = fdopendir(fd);
+	if (!d) {
+		rc = -errno;
+		close(fd);
+		return rc;
+	}
+	while (!rc && (errno = 0, de = readdir(d))) {
+		size_t len;
+		char *child;
+
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+			continue;
+		len = strlen(rel) + 1 + strlen(de->d_name) + 1;
+		child = malloc(len);
+		if (!child) {
+			rc = -ENOMEM;
+			break;
+		}
+		snprintf(child, len, "%s%s%s", rel, *rel ? "/" : "", de->d_name);
+		rc = walk(s, cap, child, top, depth + 1);
+		free(child);
+	}
+	if (!rc && errno)
+		rc = -errno;
+	closedir(d);
+	return rc;
+}
+
+/* Produce raw tar bytes of a directory unit; the sha256 covers the tar stream itself. */
+static ssize_t dir_fill(void *ctx, void *buf, size_t len)
+{
+	struct arc_stream *s = ctx;
+	unsigned char *dst = buf;
+	size_t n = 0;
+
+	while (n < len && s->raw_pos < s->raw_total) {
+		struct arc_ent *e = s->cur < s->nents ? &s->ents[s->cur] : NULL;
+		uint64_t pos = s->raw_pos, rel, data_end, ent_end;
+		size_t k;
+
+		if (!e) {	/* the two zero blocks at the end */
+			uint64_t left = s->raw_total - pos;
+
+			k = left < len - n ? (size_t)left : len - n;
+			memset(dst + n, 0, k);
+		} else {
+			rel = pos - e->start;
+			data_end = e->hdr_len + e->size;
+			ent_end = e->hdr_len + (e->size + 511) / 512 * 512;
+			if (rel < e->hdr_len) {
+				k = e->hdr_len - (size_t)rel;
+				if (k > len - n)
+					k = len - n;
+				memcpy(dst + n, e->hdr + rel, k);
+			} else if (rel < data_end) {
+				uint64_t left = data_end - rel;
+				ssize_t r;
+
+				if (s->cur_fd < 0) {
+					s->cur_fd = openat(s->dirfd, e->path,
+							   O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+					if (s->cur_fd < 0)
+						return -errno;
+				}
+				k = left < len - n ? (size_t)left : len - n;
+				if (k > ARC_READ_CHUNK)
+					k = ARC_READ_CHUNK;
+				r = pread(s->cur_fd, dst + n, k, (off_t)(rel - e->hdr_len));
+				if (r < 0 && errno == EINTR)
+					continue;
+				if (r < 0)
+					return -errno;
+				if (r == 0)
+					return -ENODATA;	/* shrank since the walk */
+				k = (size_t)r;
+				atomic_fetch_add_explicit(&s->bytes_in, (uint64_t)r,
+							  memory_order_relaxed);
+			} else {
+				uint64_t left = ent_end - rel;
+
+				k = left < len - n ? (size_t)left : len - n;
+				memset(dst + n, 0, k);
+			}
+			if (rel + k == ent_end) {
+				if (s->cur_fd >= 0)
+					close(s->cur_fd);
+				s->cur_fd = -1;
+				s->cur++;
+			}
+		}
+		if (EVP_DigestUpdate(s->md, dst + n, k) != 1)
+			return -ENOMEM;
+		n += k;
+		s->raw_pos += k;
+		if (s->raw_pos == s->raw_total)
+			sha_finish(s);
+	}
+	return (ssize_t)n;
+}
+
+int arc_stream_open_dir(const struct arc_opts *opts, int dirfd, const char *name,
+			struct arc_stream **out)
+{
+	static const struct arc_opts defaults = { .format = ARC_TAR_GZ };
+	const struct arc_opts *o = opts ? opts : &defaults;
+	struct arc_stream *s = NULL;
+	size_t block = o->block_size ? o->block_size : ARC_BLOCK_DEFAULT;
+	int level = o->level ? o->level : 6;
+	int threads = o->threads;
+	size_t cap = 0;
+	uint64_t pos = 0;
+	int rc;
+
+	if (!out || dirfd < 0 || !name || !*name || level < 1 || level > 9 || threads < 0)
+		return -EINVAL;
+	if (o->format == ARC_GZIP || o->format == ARC_NONE)
+		return -EISDIR;	/* one file formats */
+	if (threads == 0) {
+		long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+
+		threads = cpus > 0 ? (int)(cpus < ARC_THREADS_MAX ? cpus : ARC_THREADS_MAX) : 1;
+	}
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	s->format = o->format == ARC_TAR ? ARC_TAR : ARC_TAR_GZ;
+	s->dirfd = dirfd;
+	s->fd = -1;
+	s->cur_fd = -1;
+	s->md = EVP_MD_CTX_new();
+	if (!s->md || EVP_DigestInit_ex(s->md, EVP_sha256(), NULL) != 1) {
+		rc = -ENOMEM;
+		goto fail;
+	}
+	rc = walk(s, &cap, "", name, 0);
+	if (rc)
+		goto fail;
+	/* sorted, so the same tree always makes the same bytes (resumable parts) */
+	if (s->nents > 1)
+		qsort(s->ents + 1, s->nents - 1, sizeof(*s->ents), ent_cmp);
+	for (size_t i = 0; i < s->nents; i++) {
+		s->ents[i].start = pos;
+		pos += s->ents[i].hdr_len + (s->ents[i].size + 511) / 512 * 512;
+		s->size += s->ents[i].size;
+	}
+	s->raw_total = pos + 1024;
+	if (s->format == ARC_TAR_GZ) {
+		rc = pgz_new(level, threads, block, s->raw_total, dir_fill, s, &s->pgz);
+		if (rc)
+			goto fail;
+	}
+	*out = s;
+	return 0;
+fail:
+	arc_stream_free(s);
+	return rc;
+}
+
 static int resolve_format(const struct arc_opts *o, int fd, const struct stat *st, int level,
 			  enum arc_format *out)
 {
@@ -223,6 +474,8 @@ int arc_stream_open_file(const struct arc_opts *opts, int fd, const char *name,
 		return -ENOMEM;
 	s->format = fmt;
 	s->fd = fd;
+	s->dirfd = -1;
+	s->cur_fd = -1;
 	s->size = (uint64_t)st->st_size;
 	s->md = EVP_MD_CTX_new();
 	if (!s->md || EVP_DigestInit_ex(s->md, EVP_sha256(), NULL) != 1) {
@@ -276,8 +529,10 @@ ssize_t arc_stream_read(struct arc_stream *s, void *buf, size_t len)
 		len = SSIZE_MAX;
 	if (s->pgz)
 		r = pgz_read(s->pgz, buf, len);
+	else if (!len)
+		r = 0;
 	else
-		r = len ? raw_fill(s, buf, len) : 0;
+		r = s->dirfd >= 0 ? dir_fill(s, buf, len) : raw_fill(s, buf, len);
 	if (r < 0) {
 		s->err = (int)r;
 		return r;
@@ -289,6 +544,11 @@ ssize_t arc_stream_read(struct arc_stream *s, void *buf, size_t len)
 enum arc_format arc_stream_format(const struct arc_stream *s)
 {
 	return s->format;
+}
+
+uint64_t arc_stream_size(const struct arc_stream *s)
+{
+	return s->size;
 }
 
 uint64_t arc_stream_bytes_in(const struct arc_stream *s)
@@ -323,5 +583,12 @@ void arc_stream_free(struct arc_stream *s)
 	pgz_free(s->pgz);
 	EVP_MD_CTX_free(s->md);
 	free(s->hdr);
+	for (size_t i = 0; i < s->nents; i++) {
+		free(s->ents[i].path);
+		free(s->ents[i].hdr);
+	}
+	free(s->ents);
+	if (s->cur_fd >= 0)
+		close(s->cur_fd);
 	free(s);
 }

@@ -1008,6 +1008,7 @@ static int upload_unit(struct engine *e, struct s3_client *c, struct unit *u,
 	unsigned char *buf = NULL;
 	char path[PATH_MAX], sha[65], size_s[32], time_s[32], eb[128];
 	size_t nmeta = 0, part_size;
+	uint64_t total;
 	struct stat st;
 	ssize_t n;
 	int fd = -1, big = 0, rc;
@@ -1022,25 +1023,41 @@ static int upload_unit(struct engine *e, struct s3_client *c, struct unit *u,
 			 mgmtfs_strerror(rc, eb, sizeof(eb)));
 		goto out;
 	}
-	if (!S_ISREG(st.st_mode)) {
-		rc = -EISDIR;
+	if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode)) {
+		rc = -EPERM;
 		snprintf(r->error, sizeof(r->error),
-			 "'pending/%s' is not a regular file: only files are uploaded", name);
+			 "'pending/%s' is neither a file nor a directory: it cannot be uploaded",
+			 name);
 		goto out;
 	}
 	opts.format = e->cfg->compression;
 	opts.level = e->cfg->level;
 	opts.threads = e->cfg->threads;
-	rc = arc_stream_open_file(&opts, fd, name, &st, &as);
+	if (S_ISDIR(st.st_mode)) {
+		if (opts.format == ARC_GZIP || opts.format == ARC_NONE)
+			opts.format = ARC_TAR_GZ;	/* one-file formats: a directory is a tar */
+		rc = arc_stream_open_dir(&opts, fd, name, &as);
+	} else {
+		rc = arc_stream_open_file(&opts, fd, name, &st, &as);
+	}
+	if (rc == -EINVAL && S_ISDIR(st.st_mode)) {
+		rc = -EPERM;
+		snprintf(r->error, sizeof(r->error),
+			 "'pending/%s' holds a symlink or a special file: only directories "
+			 "and regular files can be archived; remove them and write again",
+			 name);
+		goto out;
+	}
 	if (rc) {
 		snprintf(r->error, sizeof(r->error), "cannot read 'pending/%s': %s", name,
 			 mgmtfs_strerror(rc, eb, sizeof(eb)));
 		goto out;
 	}
 	r->fmt = arc_stream_format(as);
-	atomic_store(&u->total, (uint64_t)st.st_size);
-	part_size = part_size_for(e->cfg, (uint64_t)st.st_size);
-	big = (uint64_t)st.st_size >= part_size;
+	total = arc_stream_size(as);	/* a directory's files, added up */
+	atomic_store(&u->total, total);
+	part_size = part_size_for(e->cfg, total);
+	big = total >= part_size;
 	if (big)
 		big_slot(e, 1);
 	buf = malloc(part_size);
@@ -1054,7 +1071,7 @@ static int upload_unit(struct engine *e, struct s3_client *c, struct unit *u,
 		goto read_error;
 	}
 	atomic_store(&u->done, arc_stream_bytes_in(as));
-	snprintf(size_s, sizeof(size_s), "%lld", (long long)st.st_size);
+	snprintf(size_s, sizeof(size_s), "%llu", (unsigned long long)total);
 	store_format_time(rec->started_at ? rec->started_at : fs_now(), time_s, sizeof(time_s));
 	put_meta(meta, &nmeta, "mgmt-original-path", rec->original_path);
 	put_meta(meta, &nmeta, "mgmt-original-size", size_s);
@@ -1398,7 +1415,7 @@ static int recover_move_cb(const struct store_record *rec, void *arg)
 		return 0;
 	/* only if no newer record took the name and the file is the one uploaded */
 	if (store_find_path(e->fs->st, rec->original_path, &newest) || newest != rec->id ||
-	    (uint64_t)st.st_size != rec->original_size)
+	    (S_ISREG(st.st_mode) && (uint64_t)st.st_size != rec->original_size))
 		return 0;
 	if (fs_move_to_completed(e->fs, name, dest) == 0)
 		mgmtfs_info("recovered: moved 'pending/%s' to '%s'", name, rec->completed_path);

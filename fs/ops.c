@@ -639,7 +639,7 @@ static void make_entry(fuse_req_t req, fuse_ino_t parent, const char *name, mode
 		char unit[NAME_MAX + 1];
 
 		if (!ino_path(fs, parent, name, path, sizeof(path), NULL, unit, sizeof(unit)) &&
-		    unit[0] && !S_ISDIR(mode) && !link)
+		    unit[0])
 			engine_unit_changed(fs->eng, unit);
 	}
 out:

@@ -2,7 +2,6 @@
 of the RGW, a crash-and-remount of a Mount, and checks of what reached the
 bucket, made with the independent client (tests/tools/s3client.py).
 """
-import errno
 import json
 import os
 import random
@@ -255,5 +254,3 @@ def write_until_error(path, chunk=1 << 20, limit=1 << 30):
             err = err or e
     return written, err
 
-
-ENOSPC = errno.ENOSPC

@@ -101,7 +101,8 @@ def wrong_secret(c):
 
 def unknown_access_key(c):
     c.env["AWS_ACCESS_KEY_ID"] = "NOSUCHKEY0000000000X"
-    return c.mount_argv(), "403 InvalidAccessKeyId: the access key NOSUCHKEY0000000000X is not known"
+    return c.mount_argv(), \
+        "403 InvalidAccessKeyId: the access key NOSUCHKEY0000000000X is not known"
 
 
 def missing_bucket(c):
@@ -150,10 +151,9 @@ def config_file_unknown(c):
     return c.mount_argv(), f"unknown setting 'colour' in {d / 'config'} line 2"
 
 
-def cli(*args, local=True):
+def cli(*args):
     def build(c):
-        extra = ["--local-dir", str(c.local)] if local else []
-        return c.cli_argv(*args, *extra), None
+        return c.cli_argv(*args, "--local-dir", str(c.local)), None
     return build
 
 
@@ -169,20 +169,24 @@ CASES = {
     "no-bucket": (opt(bucket=None), "no bucket: give -o bucket=NAME or set MGMT_BUCKET"),
     "option-without-value": (opt(bucket=True), "option 'bucket' needs a value (bucket=...)"),
     "level-0": (opt(level="0"), "level='0' in -o: use a number from 1 to 9"),
-    "level-12-in-env": (env(MGMT_LEVEL="12"), "level='12' in MGMT_LEVEL: use a number from 1 to 9"),
+    "level-12-in-env": (env(MGMT_LEVEL="12"),
+                        "level='12' in MGMT_LEVEL: use a number from 1 to 9"),
     "compression-zip": (opt(compression="zip"),
                         "compression='zip' in -o: use tar.gz, gzip, tar, auto or none"),
     "part-size-1K": (opt(part_size="1K"), "part_size='1K' in -o: use a size from 1M to 5G"),
     "settle-negative": (opt(settle="-1"), "settle='-1' in -o: give seconds, e.g. settle=1.5"),
-    "max-attempts-0": (opt(max_attempts="0"), "max_attempts='0' in -o: use a number from 1 to 64"),
-    "stall-seconds-0": (opt(stall_seconds="0"), "stall_seconds='0' in -o: give seconds (at least 1)"),
+    "max-attempts-0": (opt(max_attempts="0"),
+                       "max_attempts='0' in -o: use a number from 1 to 64"),
+    "stall-seconds-0": (opt(stall_seconds="0"),
+                        "stall_seconds='0' in -o: give seconds (at least 1)"),
     "addressing-sideways": (opt(addressing="sideways"),
                             "addressing='sideways' in -o: use auto, path or virtual"),
     "missing-mountpoint": (no_mountpoint, "no mountpoint: mgmtfs MOUNTPOINT -o bucket=NAME"),
     "mountpoint-not-a-directory": (mountpoint_is_file, None),
     "two-mountpoints": (two_mountpoints, None),
     "endpoint-not-a-url": (opt(endpoint="127.0.0.1:9"),
-                           "endpoint '127.0.0.1:9' is not a URL: use http://HOST:PORT or https://HOST"),
+                           "endpoint '127.0.0.1:9' is not a URL: "
+                           "use http://HOST:PORT or https://HOST"),
     "secret-key-in-options": (secret_in_options, None),
     "no-credentials": (no_credentials, None),
     "credentials-file-mode-644": (credentials_644, None),
@@ -198,7 +202,8 @@ CASES = {
                             "duplicate, ignored): see mgmtfs --help"),
     "cli-list-bad-since": (cli("list", "--since", "yesterday"),
                            "--since 'yesterday': use YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ"),
-    "cli-list-unknown-option": (cli("list", "--bogus"), "unknown option '--bogus': see mgmtfs --help"),
+    "cli-list-unknown-option": (cli("list", "--bogus"),
+                                "unknown option '--bogus': see mgmtfs --help"),
     # a fresh --local-dir: the missing argument is the error, not the missing records
     "cli-show-no-args": (cli("show"), "show takes one PATH or ID: see mgmtfs --help"),
     "cli-retry-nothing": (cli("retry"), "retry needs PATH... or --failed: see mgmtfs --help"),
