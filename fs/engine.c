@@ -636,14 +636,8 @@ static int check_unchanged(struct unit *u, int fd, const struct stat *st)
 
 static size_t part_size_for(const struct mgmtfs_config *cfg, uint64_t size)
 {
-	/* room for tar/gzip overhead; 9,000 parts leave a margin below 10,000 */
-	uint64_t est = size + size / 64 + (1u << 20);
-	uint64_t need = (est + 8999) / 9000;
-	uint64_t ps = cfg->part_size;
-
-	if (need > ps)
-		ps = (need + (1u << 20) - 1) & ~(uint64_t)((1u << 20) - 1);
-	return (size_t)ps;
+	/* room for tar/gzip overhead on incompressible data */
+	return s3_part_size(size + size / 64 + (1u << 20), cfg->part_size);
 }
 
 static void put_meta(struct s3_meta *m, size_t *n, const char *name, const char *value)

@@ -161,6 +161,13 @@ int s3_mpu_list(struct s3_client *c, const char *prefix,
 int s3_get_object(struct s3_client *c, const char *key,
 		  int (*cb)(const void *data, size_t len, void *arg), void *arg);
 
+/*
+ * Part size for an object of about @size bytes: @min_part, grown (to a
+ * whole MiB) so that no object needs more than 9,000 parts (S3 allows
+ * 10,000; the margin covers archive overhead), at most 5 GiB a part.
+ */
+size_t s3_part_size(uint64_t size, size_t min_part);
+
 /* The multipart ETag S3 computes: hex MD5 of the parts' binary MD5s, "-N". */
 void s3_multipart_etag(const unsigned char (*md5s)[16], size_t n, char *etag_out);
 

@@ -3,6 +3,9 @@
  * extractor for S3's flat XML responses, and the status/code -> errno map.
  */
 #include "s3/s3_i.h"
+#include "s3/s3.h"
+
+#include <stdint.h>
 
 #include <errno.h>
 #include <stdarg.h>
@@ -331,4 +334,15 @@ struct s3_verdict s3_http_verdict(long status, const char *code)
 		v.retry = 1;
 	}
 	return v;
+}
+
+size_t s3_part_size(uint64_t size, size_t min_part)
+{
+	const uint64_t mib = 1u << 20, max_part = (uint64_t)5 << 30;
+	uint64_t need = (size + 8999) / 9000;
+	uint64_t ps = min_part;
+
+	if (need > ps)
+		ps = (need + mib - 1) / mib * mib;
+	return (size_t)(ps > max_part ? max_part : ps);
 }

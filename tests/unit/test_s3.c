@@ -833,6 +833,28 @@ static void test_xml_and_verdict(void **state)
 	assert_true(v.rc == -EEXIST && !v.retry);
 }
 
+/* No object needs more than 10,000 parts, however large (a 200 GiB file must be possible). */
+static void test_part_size(void **state)
+{
+	const uint64_t mib = 1u << 20, gib = mib << 10;
+	const uint64_t sizes[] = { 0, 100 * mib, 10 * gib, 100 * gib, 200 * gib, 1024 * gib,
+				   5 * 1024 * gib };
+
+	(void)state;
+	assert_int_equal(s3_part_size(0, 8 * mib), 8 * mib);
+	assert_int_equal(s3_part_size(10 * gib, 8 * mib), 8 * mib);	/* 1,280 parts */
+	assert_int_equal(s3_part_size(100 * gib, 8 * mib), 12 * mib);	/* grown */
+	assert_int_equal(s3_part_size(1024 * gib, 8 * mib), 117 * mib);
+	for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+		uint64_t ps = s3_part_size(sizes[i], 8 * mib);
+		uint64_t parts = (sizes[i] + ps - 1) / ps;
+
+		assert_true(parts <= 10000);
+		assert_true(ps >= 8 * mib && ps <= 5 * gib);
+		assert_int_equal(ps % mib, 0);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -858,6 +880,7 @@ int main(void)
 		cmocka_unit_test(test_config_errors),
 		cmocka_unit_test(test_multipart_etag),
 		cmocka_unit_test(test_xml_and_verdict),
+		cmocka_unit_test(test_part_size),
 	};
 	int rc;
 
