@@ -1276,8 +1276,9 @@ out:
 	free(buf);
 }
 
-static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
-			size_t size, int flags)
+/* set (@value != NULL) or remove a user's xattr on the backing file; user.mgmt.* is ours */
+static void xattr_change(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
+			 size_t size, int flags)
 {
 	char path[PATH_MAX];
 	int rc;
@@ -1287,24 +1288,20 @@ static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const 
 		return;
 	}
 	rc = ino_path(FS(req), ino, NULL, path, sizeof(path), NULL, NULL, 0);
-	if (!rc && lsetxattr(path, name, value, size, flags))
+	if (!rc && (value ? lsetxattr(path, name, value, size, flags) : lremovexattr(path, name)))
 		rc = -errno;
 	fuse_reply_err(req, -rc);
 }
 
+static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
+			size_t size, int flags)
+{
+	xattr_change(req, ino, name, value ? value : "", size, flags);
+}
+
 static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 {
-	char path[PATH_MAX];
-	int rc;
-
-	if (!strncmp(name, MGMT_XATTR, MGMT_XLEN) || ino == FUSE_ROOT_ID) {
-		fuse_reply_err(req, EPERM);
-		return;
-	}
-	rc = ino_path(FS(req), ino, NULL, path, sizeof(path), NULL, NULL, 0);
-	if (!rc && lremovexattr(path, name))
-		rc = -errno;
-	fuse_reply_err(req, -rc);
+	xattr_change(req, ino, name, NULL, 0, 0);
 }
 
 const struct fuse_lowlevel_ops fs_ops = {
