@@ -302,10 +302,6 @@ static int cmd_show(struct cli *c)
 
 	if (!rec)
 		return 1;
-	if (c->nargs != 1) {
-		free(rec);
-		return usage_error("show takes one PATH or ID");
-	}
 	if (resolve(c, c->args[0], &id) || store_get(c->st, id, rec)) {
 		fprintf(stderr, "mgmtfs: error: no record for '%s': see mgmtfs list\n", c->args[0]);
 		ret = 1;
@@ -381,8 +377,6 @@ static int cmd_retry(struct cli *c)
 		free(ids);
 		return ret;
 	}
-	if (!c->nargs)
-		return usage_error("retry needs PATH... or --failed");
 	for (int i = 0; i < c->nargs; i++) {
 		uint64_t id;
 
@@ -589,6 +583,14 @@ int cli_main(int argc, char **argv)
 	}
 	if (c.nargs && strcmp(c.cmd, "show") && strcmp(c.cmd, "retry")) {
 		ret = usage_error("unexpected argument '%s'", c.args[0]);
+		goto out;
+	}
+	if (!strcmp(c.cmd, "show") && c.nargs != 1) {
+		ret = usage_error("show takes one PATH or ID");
+		goto out;
+	}
+	if (!strcmp(c.cmd, "retry") && !c.nargs && !c.failed) {
+		ret = usage_error("retry needs PATH... or --failed");
 		goto out;
 	}
 	readonly = !strcmp(c.cmd, "list") || !strcmp(c.cmd, "show") ||

@@ -368,7 +368,13 @@ void engine_unit_write_failed(struct engine *e, const char *name, int err)
 	pending_rel(name, rel, sizeof(rel));
 	if (!rc && !store_find_path(e->fs->st, rel, &id))
 		fs_record_update(e->fs, id, write_failed_fn, &(struct werr_arg){ name, err });
-	mgmtfs_warn("not uploading 'pending/%s': a write into it failed", name);
+	{
+		char eb[128];
+
+		mgmtfs_warn("not uploading 'pending/%s': a write into it failed (%s): the file is "
+			    "incomplete; free space and write it again",
+			    name, mgmtfs_strerror(err, eb, sizeof(eb)));
+	}
 }
 
 /* Forget the queue entry of a unit that left pending/ (the record goes too). */
