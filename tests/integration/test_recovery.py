@@ -7,7 +7,10 @@ server already has (part PUTs counted in the proxy's log, parts listed on the
 server by the independent client), leave no incomplete multipart upload, and
 produce one whole object.
 """
+import os
 import re
+import subprocess
+import time
 
 import pytest
 
@@ -130,3 +133,32 @@ def test_kill9_then_remount_completes(fault_proxy, mount, tmp_path, point):
             f"server had {sorted(had)}, sent after the restart {sorted(sent_after)}"
         assert total >= 5
     assert get_status(m.completed(name)) == "completed", earlier_logs(m)
+
+
+def test_kill9_after_record_before_move(fault_proxy, mount, tmp_path):
+    """The record says completed but the file is still in pending/ (the move
+    failed: completed/ made immutable), then kill -9: the next mount only
+    finishes the move, with no request for the object."""
+    m = mount(proxied(fault_proxy))
+    name = "clip.bin"
+    completed_dir = m.local / "completed"
+    data = data_of(MULTI_SIZE, 12)
+    subprocess.run(["chattr", "+i", str(completed_dir)], check=True)
+    try:
+        write_file(m.pending(name), data)
+        fault_proxy.wait_for("the upload done", lambda lg: lg.find("HEAD", status=200))
+        deadline = time.monotonic() + 60
+        while "cannot move it to completed/" not in m.log():
+            assert time.monotonic() < deadline, m.log()
+            time.sleep(0.05)
+        assert os.path.exists(m.local / "pending" / name)
+        crash(m)
+    finally:
+        subprocess.run(["chattr", "-i", str(completed_dir)], check=True)
+    mark = fault_proxy.mark()
+    restart(m)
+    m.wait_completed(name)
+    after = fault_proxy.log(mark)
+    assert not after.find("PUT") and not after.find("POST"), "uploaded again after the crash"
+    assert_uploaded_once(m, name, data, tmp_path / "check")
+    assert "recovered: moved 'pending/" + name in m.log()
