@@ -1,11 +1,14 @@
 /*
- * stream.c - one file turned into a tar / gzip / tar.gz / plain byte stream,
- * pulled by the uploader with arc_stream_read().
+ * stream.c - one file, or a directory tree, turned into a tar / gzip /
+ * tar.gz / plain byte stream, pulled by the uploader with arc_stream_read().
  *
  * DESIGN
- * The "raw" stream is what would be compressed: for the tar formats the
- * member header(s), the file's bytes, zero padding to 512 and two zero
- * blocks; for gzip and none just the file's bytes.  raw_fill() produces it
+ * A stream is a list of entries: one for a file, one per directory and file
+ * for a directory unit (walked and sorted at open, so its length is known
+ * and the same tree always makes the same bytes).  The "raw" stream is what
+ * would be compressed: for the tar formats each entry's header(s), its
+ * bytes and zero padding to 512, then two zero blocks; for gzip and none
+ * just the file's bytes.  raw_fill() produces it
  * in order, reading the file with pread() straight into the destination
  * (at most ARC_READ_CHUNK per call) and hashing every byte with sha256 right
  * after it is read, while it is still in cache: each byte is read once.
@@ -32,7 +35,8 @@
 
 /* One member of a directory unit: a directory or a regular file. */
 struct arc_ent {
-	char *path;		/* owned: relative to the unit's directory ("" = itself) */
+	char *path;		/* owned: relative to the unit's directory ("" = itself);
+				   NULL for a single file (read from the stream's fd) */
 	unsigned char *hdr;	/* owned: its tar header block(s) */
 	size_t hdr_len;
 	uint64_t size;		/* file bytes (0 for directories) */
@@ -42,14 +46,12 @@ struct arc_ent {
 struct arc_stream {
 	enum arc_format format;	/* never ARC_AUTO */
 	int dirfd;		/* borrowed: a directory unit, -1 for a file */
-	struct arc_ent *ents;	/* owned: directory units, in tar order */
+	struct arc_ent *ents;	/* owned: in tar order (one for a file) */
 	size_t nents;
 	size_t cur;		/* entry being produced */
 	int cur_fd;		/* owned: the entry's file, open while it is read */
-	int fd;			/* borrowed, valid until arc_stream_free */
-	uint64_t size;		/* st_size at open: exactly this much is read */
-	unsigned char *hdr;	/* owned: tar header block(s), hdr_len bytes */
-	size_t hdr_len;
+	int fd;			/* borrowed (a file), valid until arc_stream_free */
+	uint64_t size;		/* content bytes: exactly this much is read */
 	uint64_t raw_total;	/* header + data + padding + end blocks */
 	uint64_t raw_pos;
 	EVP_MD_CTX *md;		/* owned */
@@ -114,69 +116,6 @@ static void sha_finish(struct arc_stream *s)
 	}
 	s->sha_hex[64] = '\0';
 	s->sha_done = 1;
-}
-
-/* Read file bytes [off, off + len) into @dst and hash them. */
-static int read_data(struct arc_stream *s, unsigned char *dst, size_t len, uint64_t off)
-{
-	while (len) {
-		size_t want = len < ARC_READ_CHUNK ? len : ARC_READ_CHUNK;
-		ssize_t r = pread(s->fd, dst, want, (off_t)off);
-
-		if (r < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		if (r == 0)
-			return -ENODATA;	/* shrank since open */
-		if (EVP_DigestUpdate(s->md, dst, (size_t)r) != 1)
-			return -ENOMEM;
-		atomic_fetch_add_explicit(&s->bytes_in, (uint64_t)r, memory_order_relaxed);
-		dst += r;
-		off += (uint64_t)r;
-		len -= (size_t)r;
-	}
-	return 0;
-}
-
-/* Produce the next up to @len raw bytes into @buf (see DESIGN). */
-static ssize_t raw_fill(void *ctx, void *buf, size_t len)
-{
-	struct arc_stream *s = ctx;
-	unsigned char *dst = buf;
-	uint64_t data_end = s->hdr_len + s->size;
-	size_t n = 0;
-	int rc;
-
-	while (n < len && s->raw_pos < s->raw_total) {
-		uint64_t pos = s->raw_pos;
-		size_t k;
-
-		if (pos < s->hdr_len) {
-			k = s->hdr_len - (size_t)pos;
-			if (k > len - n)
-				k = len - n;
-			memcpy(dst + n, s->hdr + pos, k);
-		} else if (pos < data_end) {
-			uint64_t left = data_end - pos;
-
-			k = left < len - n ? (size_t)left : len - n;
-			rc = read_data(s, dst + n, k, pos - s->hdr_len);
-			if (rc)
-				return rc;
-			if (pos + k == data_end)
-				sha_finish(s);
-		} else {
-			uint64_t left = s->raw_total - pos;
-
-			k = left < len - n ? (size_t)left : len - n;
-			memset(dst + n, 0, k);
-		}
-		n += k;
-		s->raw_pos += k;
-	}
-	return (ssize_t)n;
 }
 
 /* ---- directory units ---------------------------------------------------- */
@@ -285,11 +224,18 @@ static int walk(struct arc_stream *s, size_t *cap, const char *rel, const char *
 	return rc;
 }
 
-/* Produce raw tar bytes of a directory unit; the sha256 covers the tar stream itself. */
-static ssize_t dir_fill(void *ctx, void *buf, size_t len)
+/*
+ * Produce the next up to @len raw bytes into @buf (see DESIGN): each entry's
+ * header, its bytes read with pread() straight into @buf, its padding (tar
+ * formats), then the two zero blocks.  A file's sha256 covers its content,
+ * hashed right after each read while it is in cache; a directory's covers
+ * the tar stream itself.
+ */
+static ssize_t raw_fill(void *ctx, void *buf, size_t len)
 {
 	struct arc_stream *s = ctx;
 	unsigned char *dst = buf;
+	int tar = s->format == ARC_TAR || s->format == ARC_TAR_GZ;
 	size_t n = 0;
 
 	while (n < len && s->raw_pos < s->raw_total) {
@@ -305,7 +251,7 @@ static ssize_t dir_fill(void *ctx, void *buf, size_t len)
 		} else {
 			rel = pos - e->start;
 			data_end = e->hdr_len + e->size;
-			ent_end = e->hdr_len + (e->size + 511) / 512 * 512;
+			ent_end = tar ? e->hdr_len + (e->size + 511) / 512 * 512 : data_end;
 			if (rel < e->hdr_len) {
 				k = e->hdr_len - (size_t)rel;
 				if (k > len - n)
@@ -313,27 +259,32 @@ static ssize_t dir_fill(void *ctx, void *buf, size_t len)
 				memcpy(dst + n, e->hdr + rel, k);
 			} else if (rel < data_end) {
 				uint64_t left = data_end - rel;
+				int fd = s->dirfd < 0 ? s->fd : s->cur_fd;
 				ssize_t r;
 
-				if (s->cur_fd < 0) {
-					s->cur_fd = openat(s->dirfd, e->path,
-							   O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-					if (s->cur_fd < 0)
+				if (fd < 0) {
+					fd = s->cur_fd = openat(s->dirfd, e->path,
+								O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+					if (fd < 0)
 						return -errno;
 				}
 				k = left < len - n ? (size_t)left : len - n;
 				if (k > ARC_READ_CHUNK)
 					k = ARC_READ_CHUNK;
-				r = pread(s->cur_fd, dst + n, k, (off_t)(rel - e->hdr_len));
+				r = pread(fd, dst + n, k, (off_t)(rel - e->hdr_len));
 				if (r < 0 && errno == EINTR)
 					continue;
 				if (r < 0)
 					return -errno;
 				if (r == 0)
-					return -ENODATA;	/* shrank since the walk */
+					return -ENODATA;	/* shrank since open */
 				k = (size_t)r;
+				if (s->dirfd < 0 && EVP_DigestUpdate(s->md, dst + n, k) != 1)
+					return -ENOMEM;
 				atomic_fetch_add_explicit(&s->bytes_in, (uint64_t)r,
 							  memory_order_relaxed);
+				if (s->dirfd < 0 && rel + k == data_end)
+					sha_finish(s);
 			} else {
 				uint64_t left = ent_end - rel;
 
@@ -347,11 +298,11 @@ static ssize_t dir_fill(void *ctx, void *buf, size_t len)
 				s->cur++;
 			}
 		}
-		if (EVP_DigestUpdate(s->md, dst + n, k) != 1)
+		if (s->dirfd >= 0 && EVP_DigestUpdate(s->md, dst + n, k) != 1)
 			return -ENOMEM;
 		n += k;
 		s->raw_pos += k;
-		if (s->raw_pos == s->raw_total)
+		if (s->dirfd >= 0 && s->raw_pos == s->raw_total)
 			sha_finish(s);
 	}
 	return (ssize_t)n;
@@ -404,7 +355,7 @@ int arc_stream_open_dir(const struct arc_opts *opts, int dirfd, const char *name
 	}
 	s->raw_total = pos + 1024;
 	if (s->format == ARC_TAR_GZ) {
-		rc = pgz_new(level, threads, block, s->raw_total, dir_fill, s, &s->pgz);
+		rc = pgz_new(level, threads, block, s->raw_total, raw_fill, s, &s->pgz);
 		if (rc)
 			goto fail;
 	}
@@ -482,21 +433,28 @@ int arc_stream_open_file(const struct arc_opts *opts, int fd, const char *name,
 		rc = -ENOMEM;
 		goto fail;
 	}
+	s->ents = calloc(1, sizeof(*s->ents));
+	if (!s->ents) {
+		rc = -ENOMEM;
+		goto fail;
+	}
+	s->nents = 1;
+	s->ents[0].size = s->size;
 	if (fmt == ARC_TAR_GZ || fmt == ARC_TAR) {
 		size_t cap = 2048 + strlen(name);
 
-		s->hdr = malloc(cap);
-		if (!s->hdr) {
+		s->ents[0].hdr = malloc(cap);
+		if (!s->ents[0].hdr) {
 			rc = -ENOMEM;
 			goto fail;
 		}
-		hl = arc_tar_header(name, st, '0', s->hdr, cap);
+		hl = arc_tar_header(name, st, '0', s->ents[0].hdr, cap);
 		if (hl < 0) {
 			rc = (int)hl;
 			goto fail;
 		}
-		s->hdr_len = (size_t)hl;
-		s->raw_total = s->hdr_len + (s->size + 511) / 512 * 512 + 1024;
+		s->ents[0].hdr_len = (size_t)hl;
+		s->raw_total = s->ents[0].hdr_len + (s->size + 511) / 512 * 512 + 1024;
 	} else {
 		s->raw_total = s->size;
 	}
@@ -532,7 +490,7 @@ ssize_t arc_stream_read(struct arc_stream *s, void *buf, size_t len)
 	else if (!len)
 		r = 0;
 	else
-		r = s->dirfd >= 0 ? dir_fill(s, buf, len) : raw_fill(s, buf, len);
+		r = raw_fill(s, buf, len);
 	if (r < 0) {
 		s->err = (int)r;
 		return r;
@@ -582,7 +540,6 @@ void arc_stream_free(struct arc_stream *s)
 		return;
 	pgz_free(s->pgz);
 	EVP_MD_CTX_free(s->md);
-	free(s->hdr);
 	for (size_t i = 0; i < s->nents; i++) {
 		free(s->ents[i].path);
 		free(s->ents[i].hdr);

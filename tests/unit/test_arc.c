@@ -668,6 +668,60 @@ static void test_open_errors(void **state)
 	arc_stream_free(NULL);
 }
 
+/* A directory unit: one tar of the tree, checked by GNU tar, sha256 of the tar stream. */
+static void test_stream_dir(void **state)
+{
+	struct fixture *f = *state;
+	struct arc_opts o = { .format = ARC_TAR_GZ, .threads = 2, .block_size = SMALL_BLOCK };
+	const uint64_t content = 3 * SMALL_BLOCK + 17 + 100000;
+	char tree[300], path[400], out[300], hex[65], hex2[65];
+	unsigned char buf[7000];
+	struct arc_stream *s = NULL;
+	ssize_t r;
+	int dfd, ofd;
+
+	snprintf(tree, sizeof(tree), "%s/album", f->dir);
+	assert_int_equal(sh("mkdir -p '%s/sub/deeper' '%s/empty'", tree, tree), 0);
+	snprintf(path, sizeof(path), "%s/a.txt", tree);
+	make_file(path, 3 * SMALL_BLOCK + 17, TEXT, 1);
+	snprintf(path, sizeof(path), "%s/sub/b.bin", tree);
+	make_file(path, 100000, RANDOM, 2);
+	snprintf(path, sizeof(path), "%s/sub/deeper/zero", tree);
+	make_file(path, 0, TEXT, 3);
+
+	dfd = open(tree, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	assert_true(dfd >= 0);
+	assert_int_equal(arc_stream_open_dir(&o, dfd, "album", &s), 0);
+	assert_int_equal(arc_stream_size(s), content);
+	snprintf(out, sizeof(out), "%s/album.tar.gz", f->dir);
+	ofd = open(out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	assert_true(ofd >= 0);
+	while ((r = arc_stream_read(s, buf, sizeof(buf))) > 0)
+		assert_int_equal(write(ofd, buf, (size_t)r), r);
+	assert_int_equal(r, 0);
+	assert_int_equal(arc_stream_sha256(s, hex), 0);
+	assert_int_equal(arc_stream_bytes_in(s), content);
+	arc_stream_free(s);
+	close(ofd);
+
+	assert_int_equal(sh("cd '%s' && gzip -t album.tar.gz && mkdir x && "
+			    "tar -xzf album.tar.gz -C x && diff -r album x/album && "
+			    "test -d x/album/empty && gzip -dc album.tar.gz > album.tar",
+			    f->dir),
+			 0);
+	/* the checksum of a directory is that of its tar stream */
+	snprintf(path, sizeof(path), "%s/album.tar", f->dir);
+	sha256_file(path, hex2);
+	assert_string_equal(hex, hex2);
+
+	/* what cannot be archived is refused, not dropped */
+	assert_int_equal(sh("ln -s a.txt '%s/link'", tree), 0);
+	assert_int_equal(arc_stream_open_dir(&o, dfd, "album", &s), -EINVAL);
+	o.format = ARC_GZIP;
+	assert_int_equal(arc_stream_open_dir(&o, dfd, "album", &s), -EISDIR);
+	close(dfd);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -687,6 +741,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_lazy_threads, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_shrink_is_enodata, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_stream_dir, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,298 @@
+"""Streamed compression and multipart upload, checked on the server.
+
+Every object is fetched back with the independent client (tests/tools/s3client)
+and checked with the real tools: `gzip -t`, `gzip -dc`, `tar -x`.  Sizes sit
+on both sides of the 128 KiB compression block and of the part size (the test
+RGW takes 1 MiB parts: MIN_PART_SIZE is lowered in conftest.py).
+
+ETags: a single PUT's ETag is the MD5 of the object; a multipart object's is
+MD5(part MD5s)-N.  Both are recomputed here from the object's bytes, which
+also checks that the parts were cut at exactly part_size.
+"""
+import hashlib
+import io
+import math
+import os
+import random
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from helpers import check_archive, getfattr, sha256, write_source
+
+MODE, MTIME = 0o640, 1700000000
+KIB, MIB = 1024, 1024 * 1024
+BLOCK = 128 * KIB           # the parallel gzip's block of uncompressed input
+TAR_HEADER = 512            # a plain ustar header: data starts at stream offset 512
+BIG_TIMEOUT = 300.0
+
+SUFFIX = {"tar.gz": ".tar.gz", "gzip": ".gz", "tar": ".tar", "none": ""}
+
+
+# -- data
+
+TEXT = b"".join(b"%06d the quick brown fox jumps over the lazy mgmtfs daemon\n" % i
+                for i in range(2000))
+
+
+def mixed(size, seed=1):
+    """@size bytes, deterministic: 4 KiB runs of random bytes and of text, alternating,
+    so that every 128 KiB block has both compressible and incompressible data."""
+    rng = random.Random(seed)
+    out, n, i = [], 0, 0
+    while n < size:
+        run = rng.randbytes(4 * KIB) if i % 2 == 0 else TEXT[(i * 997) % len(TEXT):][:4 * KIB]
+        out.append(run)
+        n += len(run)
+        i += 1
+    return b"".join(out)[:size]
+
+
+def text(size):
+    return (TEXT * (size // len(TEXT) + 1))[:size]
+
+
+# -- checks
+
+def md5(data):
+    return hashlib.md5(data).hexdigest()
+
+
+def multipart_etag(blob, part_size):
+    """The ETag of @blob uploaded in parts of @part_size (the last one shorter)."""
+    parts = [blob[o:o + part_size] for o in range(0, len(blob), part_size)]
+    digest = hashlib.md5(b"".join(hashlib.md5(p).digest() for p in parts)).hexdigest()
+    return f"{digest}-{len(parts)}"
+
+
+def expected_etags(blob, part_size):
+    """The ETags S3 may give @blob sent with @part_size parts: one PUT below a
+    part, a multipart upload above.  At exactly one part either is right: the
+    daemon, like the AWS CLI (multipart_threshold), goes multipart when the
+    stream fills a whole part, as it cannot know yet that nothing follows."""
+    if len(blob) < part_size:
+        return {md5(blob)}
+    if len(blob) > part_size:
+        return {multipart_etag(blob, part_size)}
+    return {md5(blob), multipart_etag(blob, part_size)}
+
+
+def gzip_test(blob, scratch):
+    """`gzip -t` on @blob, written to a file as a user would download it."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    path = scratch / "object.gz"
+    path.write_bytes(blob)
+    p = subprocess.run(["gzip", "-t", str(path)], capture_output=True)
+    assert p.returncode == 0, f"gzip -t: {p.stderr.decode(errors='replace')}"
+
+
+def gunzip(blob):
+    p = subprocess.run(["gzip", "-dc"], input=blob, capture_output=True)
+    assert p.returncode == 0, f"gzip -dc: {p.stderr.decode(errors='replace')}"
+    return p.stdout
+
+
+def check_plain_tar(blob, name, data, mode, mtime, scratch):
+    """@blob is an uncompressed tar of one file @name, checked with tarfile and `tar -xf`."""
+    assert blob[:2] != b"\x1f\x8b", "object is gzip, want a plain tar"
+    with tarfile.open(fileobj=io.BytesIO(blob), mode="r:") as tf:
+        members = tf.getmembers()
+        assert [mb.name for mb in members] == [name]
+        assert members[0].isfile() and members[0].size == len(data)
+        assert members[0].mode & 0o7777 == mode and int(members[0].mtime) == mtime
+        assert sha256(tf.extractfile(members[0]).read()) == sha256(data)
+    scratch.mkdir(parents=True, exist_ok=True)
+    (scratch / "object.tar").write_bytes(blob)
+    out = scratch / "out"
+    out.mkdir()
+    p = subprocess.run(["tar", "-xf", str(scratch / "object.tar"), "-C", str(out)],
+                       capture_output=True)
+    assert p.returncode == 0, p.stderr.decode(errors="replace")
+    assert os.listdir(out) == [name]
+    st = os.stat(out / name)
+    assert sha256((out / name).read_bytes()) == sha256(data)
+    assert st.st_mode & 0o7777 == mode and int(st.st_mtime) == mtime
+
+
+def check_object(m, name, data, ctype, scratch):
+    """The object of @name holds @data in the form @ctype; returns the object's bytes."""
+    key = f"{m.prefix}/{name}{SUFFIX[ctype]}"
+    blob = m.client.get_object(m.bucket, key)
+    if ctype == "tar.gz":
+        gzip_test(blob, scratch / "gz")
+        check_archive(blob, name, data, MODE, MTIME, scratch / "untar")
+    elif ctype == "gzip":
+        gzip_test(blob, scratch / "gz")
+        assert sha256(gunzip(blob)) == sha256(data)
+    elif ctype == "tar":
+        check_plain_tar(blob, name, data, MODE, MTIME, scratch / "untar")
+    else:
+        assert len(blob) == len(data) and sha256(blob) == sha256(data)
+    return key, blob
+
+
+def check_record(m, name, data, ctype, key, blob, part_size):
+    """getfattr of completed/@name, the object's ETag, and no multipart upload left."""
+    fields = getfattr(m.completed(name))
+    head = m.client.head_object(m.bucket, key)
+    etag = head["etag"].strip('"')
+    assert etag in expected_etags(blob, part_size), (len(blob), etag)
+    want = {"status": "completed", "compression_type": ctype, "s3_object_key": key,
+            "original_size": str(len(data)), "compressed_size": str(len(blob)),
+            "checksum": f"sha256:{sha256(data)}", "etag": etag}
+    assert {k: fields.get(f"user.mgmt.{k}") for k in want} == want
+    assert m.client.list_objects(m.bucket, m.prefix + "/") == [key]
+    assert m.client.list_multipart_uploads(m.bucket, m.prefix + "/") == []
+    return etag
+
+
+def roundtrip(mount, tmp_path, name, data, options, ctype, part_size):
+    m = mount(options)
+    (tmp_path / "src").mkdir()
+    m.drop(write_source(tmp_path / "src", name, data, MODE, MTIME))
+    m.wait_completed(name)
+    assert sha256(m.completed(name).read_bytes()) == sha256(data)
+    key, blob = check_object(m, name, data, ctype, tmp_path)
+    etag = check_record(m, name, data, ctype, key, blob, part_size)
+    return m, blob, etag
+
+
+# -- part boundaries: compression=none, the object is the file itself
+
+@pytest.mark.parametrize("size, parts", [
+    (0, 0), (MIB - 1, 0), (MIB, None), (MIB + 1, 2),
+], ids=["0", "part-1", "part", "part+1"])
+def test_part_boundary_uncompressed(mount, tmp_path, size, parts):
+    data = mixed(size, seed=size)
+    opts = {"compression": "none", "part_size": "1M", "parts_in_flight": 4}
+    _, blob, etag = roundtrip(mount, tmp_path, "raw.bin", data, opts, "none", MIB)
+    assert blob == data
+    if parts:
+        assert etag.endswith(f"-{parts}"), f"{size} bytes with 1 MiB parts: ETag {etag}"
+    elif parts == 0:
+        assert etag == md5(data), f"{size} bytes fit one part: one PUT, ETag {etag}"
+    # exactly one part: a PUT or a one-part multipart upload (see expected_etags)
+
+
+# -- block boundaries of the parallel gzip (and part boundaries with part_size=1M)
+
+BLOCK_SIZES = {
+    "0": 0, "1": 1,
+    "block-1": BLOCK - 1, "block": BLOCK, "block+1": BLOCK + 1,
+    # tar.gz: header + data end exactly on the first block's end
+    "block-header": BLOCK - TAR_HEADER,
+    "3blocks+17": 3 * BLOCK + 17,
+    "part-1": MIB - 1, "part": MIB, "part+1": MIB + 1,
+}
+
+
+@pytest.mark.parametrize("ctype", ["tar.gz", "gzip"])
+@pytest.mark.parametrize("size", list(BLOCK_SIZES.values()), ids=list(BLOCK_SIZES))
+def test_parallel_gzip_boundaries(mount, tmp_path, ctype, size):
+    data = mixed(size, seed=size + 7)
+    opts = {"compression": ctype, "part_size": "1M", "threads": 2, "level": 6}
+    roundtrip(mount, tmp_path, "mixed.dat", data, opts, ctype, MIB)
+
+
+def test_multipart_gzip_object(mount, tmp_path):
+    """A tar.gz larger than one part: the compressed stream is cut into parts
+    (incompressible data, so that the object really is over 1 MiB)."""
+    size = 3 * MIB + 12345
+    data = random.Random(42).randbytes(size)
+    opts = {"compression": "tar.gz", "part_size": "1M", "threads": 2, "level": 1}
+    _, blob, etag = roundtrip(mount, tmp_path, "noise.bin", data, opts, "tar.gz", MIB)
+    assert len(blob) > 3 * MIB and etag.endswith(f"-{math.ceil(len(blob) / MIB)}")
+
+
+# -- what each compression= setting stores
+
+MODES = {
+    # id: (compression option, content, compression_type recorded)
+    "auto-random-is-tar": ("auto", lambda: os.urandom(2 * MIB), "tar"),
+    "auto-text-is-targz": ("auto", lambda: text(2 * MIB), "tar.gz"),
+    "tar": ("tar", lambda: text(300 * KIB), "tar"),
+    "gzip": ("gzip", lambda: text(300 * KIB) + os.urandom(5000), "gzip"),
+    "none": ("none", lambda: text(300 * KIB) + os.urandom(5000), "none"),
+}
+
+
+@pytest.mark.parametrize("case", list(MODES))
+def test_compression_setting(mount, tmp_path, case):
+    option, make, ctype = MODES[case]
+    data = make()
+    opts = {"compression": option, "part_size": "1M"}
+    _, blob, _ = roundtrip(mount, tmp_path, "sample.dat", data, opts, ctype, MIB)
+    if ctype == "tar":
+        assert len(blob) >= len(data) + TAR_HEADER  # stored, not compressed
+    if ctype in ("tar.gz", "gzip"):
+        assert len(blob) < len(data) // 10
+
+
+# -- 300 MiB, 5 MiB parts, 4 in flight
+
+def make_big(path, mib):
+    """@mib MiB: each MiB random but for a 16 KiB run of text in every other one
+    (incompressible enough that the tar.gz stays over 295 MiB: 60 parts of 5 MiB).
+    Returns the sha256."""
+    h = hashlib.sha256()
+    with open(path, "wb") as f:
+        for i in range(mib):
+            chunk = os.urandom(MIB) if i % 2 == 0 else os.urandom(MIB - 16 * KIB) + text(16 * KIB)
+            h.update(chunk)
+            f.write(chunk)
+    os.chmod(path, MODE)
+    os.utime(path, (MTIME, MTIME))
+    return h.hexdigest()
+
+
+def test_300mib_multipart(mount, tmp_path):
+    name, size, part = "big300.bin", 300 * MIB, 5 * MIB
+    (tmp_path / "src").mkdir()
+    src = tmp_path / "src" / name
+    digest = make_big(src, 300)
+    opts = {"compression": "tar.gz", "level": 1, "part_size": "5M", "parts_in_flight": 4}
+    m = mount(opts)
+    m.drop(src)
+    m.wait_completed(name, timeout=BIG_TIMEOUT)
+    src.unlink()
+
+    key = m.key(name)
+    blob = m.client.get_object(m.bucket, key)
+    scratch = tmp_path / "check"
+    gzip_test(blob, scratch)
+    with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tf:
+        members = tf.getmembers()
+        assert [mb.name for mb in members] == [name]
+        mb = members[0]
+        assert mb.size == size and mb.mode & 0o7777 == MODE and int(mb.mtime) == MTIME
+        assert hashlib.sha256(tf.extractfile(mb).read()).hexdigest() == digest
+    out = scratch / "out"
+    out.mkdir()
+    p = subprocess.run(["tar", "-xzf", str(scratch / "object.gz"), "-C", str(out)],
+                       capture_output=True)
+    assert p.returncode == 0, p.stderr.decode(errors="replace")
+    assert os.listdir(out) == [name]
+    st = os.stat(out / name)
+    assert st.st_size == size and st.st_mode & 0o7777 == MODE and int(st.st_mtime) == MTIME
+    h = hashlib.sha256()
+    with open(out / name, "rb") as f:
+        for chunk in iter(lambda: f.read(MIB), b""):
+            h.update(chunk)
+    assert h.hexdigest() == digest
+    (out / name).unlink()
+
+    nparts = math.ceil(len(blob) / part)
+    assert nparts >= 60, f"{len(blob)} bytes: only {nparts} parts"
+    head = m.client.head_object(m.bucket, key)
+    etag = head["etag"].strip('"')
+    assert etag.endswith(f"-{nparts}"), etag
+    assert etag == multipart_etag(blob, part)
+    fields = getfattr(m.completed(name))
+    assert fields.get("user.mgmt.checksum") == f"sha256:{digest}"
+    assert fields.get("user.mgmt.original_size") == str(size)
+    assert fields.get("user.mgmt.compressed_size") == str(len(blob))
+    assert fields.get("user.mgmt.etag") == etag
+    assert m.client.list_multipart_uploads(m.bucket, m.prefix + "/") == []
+    assert m.client.list_objects(m.bucket, m.prefix + "/") == [key]
