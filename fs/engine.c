@@ -768,7 +768,7 @@ static int save_mpu_fn(struct store_record *rec, void *arg)
 
 static int upload_multi(struct engine *e, struct s3_client *c, struct unit *u,
 			const struct store_record *rec, const char *name, struct arc_stream *as,
-			unsigned char *first, size_t first_len, size_t part_size, int fd,
+			unsigned char *first, size_t first_len, int carry, size_t part_size, int fd,
 			const struct stat *st, struct s3_meta *meta, size_t nmeta, struct result *r)
 {
 	struct job j = { 0 };
@@ -899,13 +899,19 @@ static int upload_multi(struct engine *e, struct s3_client *c, struct unit *u,
 			break;
 		}
 		{
-			ssize_t n = fill(as, buf, part_size);
+			/* the byte read past the first part to tell one part from more */
+			size_t head = carry >= 0;
+			ssize_t n;
 
+			if (head)
+				buf[0] = (unsigned char)carry;
+			carry = -1;
+			n = fill(as, buf + head, part_size - head);
 			if (n < 0) {
 				rc = (int)n;
 				break;
 			}
-			len = (size_t)n;
+			len = (size_t)n + head;
 		}
 	}
 	free(buf);
@@ -1060,12 +1066,13 @@ static int upload_unit(struct engine *e, struct s3_client *c, struct unit *u,
 	big = total >= part_size;
 	if (big)
 		big_slot(e, 1);
-	buf = malloc(part_size);
+	/* one byte more than a part: a stream of exactly one part is one PUT */
+	buf = malloc(part_size + 1);
 	if (!buf) {
 		rc = -ENOMEM;
 		goto out;
 	}
-	n = fill(as, buf, part_size);
+	n = fill(as, buf, part_size + 1);
 	if (n < 0) {
 		rc = (int)n;
 		goto read_error;
@@ -1077,7 +1084,7 @@ static int upload_unit(struct engine *e, struct s3_client *c, struct unit *u,
 	put_meta(meta, &nmeta, "mgmt-original-size", size_s);
 	put_meta(meta, &nmeta, "mgmt-compression", arc_format_name(r->fmt));
 	put_meta(meta, &nmeta, "mgmt-started-at", time_s);
-	if ((size_t)n < part_size) {
+	if ((size_t)n <= part_size) {
 		/* the whole stream fits in one part: its checksum is known before the PUT */
 		arc_stream_sha256(as, sha);
 		snprintf(r->checksum, sizeof(r->checksum), "sha256:%s", sha);
@@ -1093,8 +1100,8 @@ static int upload_unit(struct engine *e, struct s3_client *c, struct unit *u,
 		if (rc && !r->error[0])
 			snprintf(r->error, sizeof(r->error), "%s", s3_client_error(c));
 	} else {
-		rc = upload_multi(e, c, u, rec, name, as, buf, (size_t)n, part_size, fd, &st, meta,
-				  nmeta, r);
+		rc = upload_multi(e, c, u, rec, name, as, buf, part_size, buf[part_size], part_size,
+				  fd, &st, meta, nmeta, r);
 		buf = NULL;	/* taken by the first part */
 		if (rc == -ENODATA || (rc < 0 && rc != -ECANCELED && !r->error[0]))
 			goto read_error;
