@@ -308,40 +308,69 @@ static ssize_t raw_fill(void *ctx, void *buf, size_t len)
 	return (ssize_t)n;
 }
 
+/* Settings of @opts (NULL: the defaults) checked and filled in. 0 or -EINVAL. */
+struct settings {
+	enum arc_format format;
+	int level;
+	int threads;
+	size_t block;
+};
+
+static int settings_of(const struct arc_opts *o, struct settings *out)
+{
+	long cpus;
+
+	out->format = o ? o->format : ARC_TAR_GZ;
+	out->level = o && o->level ? o->level : 6;
+	out->threads = o ? o->threads : 0;
+	out->block = o && o->block_size ? o->block_size : ARC_BLOCK_DEFAULT;
+	if ((unsigned int)out->format > ARC_AUTO || out->level < 1 || out->level > 9 ||
+	    out->threads < 0 || out->block < ARC_BLOCK_MIN || out->block > ARC_BLOCK_MAX)
+		return -EINVAL;
+	if (out->threads == 0) {
+		cpus = sysconf(_SC_NPROCESSORS_ONLN);
+		out->threads = cpus > 0 ? (int)(cpus < ARC_THREADS_MAX ? cpus : ARC_THREADS_MAX) : 1;
+	}
+	if (out->threads > ARC_THREADS_MAX)
+		out->threads = ARC_THREADS_MAX;
+	return 0;
+}
+
+/* A new stream of format @fmt over @fd (a file) or @dirfd (a tree). */
+static struct arc_stream *stream_new(enum arc_format fmt, int fd, int dirfd)
+{
+	struct arc_stream *s = calloc(1, sizeof(*s));
+
+	if (!s)
+		return NULL;
+	s->format = fmt;
+	s->fd = fd;
+	s->dirfd = dirfd;
+	s->cur_fd = -1;
+	s->md = EVP_MD_CTX_new();
+	if (!s->md || EVP_DigestInit_ex(s->md, EVP_sha256(), NULL) != 1) {
+		arc_stream_free(s);
+		return NULL;
+	}
+	return s;
+}
+
 int arc_stream_open_dir(const struct arc_opts *opts, int dirfd, const char *name,
 			struct arc_stream **out)
 {
-	static const struct arc_opts defaults = { .format = ARC_TAR_GZ };
-	const struct arc_opts *o = opts ? opts : &defaults;
 	struct arc_stream *s = NULL;
-	size_t block = o->block_size ? o->block_size : ARC_BLOCK_DEFAULT;
-	int level = o->level ? o->level : 6;
-	int threads = o->threads;
+	struct settings set;
 	size_t cap = 0;
 	uint64_t pos = 0;
 	int rc;
 
-	if (!out || dirfd < 0 || !name || !*name || level < 1 || level > 9 || threads < 0)
+	if (!out || dirfd < 0 || !name || !*name || settings_of(opts, &set))
 		return -EINVAL;
-	if (o->format == ARC_GZIP || o->format == ARC_NONE)
+	if (set.format == ARC_GZIP || set.format == ARC_NONE)
 		return -EISDIR;	/* one file formats */
-	if (threads == 0) {
-		long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-
-		threads = cpus > 0 ? (int)(cpus < ARC_THREADS_MAX ? cpus : ARC_THREADS_MAX) : 1;
-	}
-	s = calloc(1, sizeof(*s));
+	s = stream_new(set.format == ARC_TAR ? ARC_TAR : ARC_TAR_GZ, -1, dirfd);
 	if (!s)
 		return -ENOMEM;
-	s->format = o->format == ARC_TAR ? ARC_TAR : ARC_TAR_GZ;
-	s->dirfd = dirfd;
-	s->fd = -1;
-	s->cur_fd = -1;
-	s->md = EVP_MD_CTX_new();
-	if (!s->md || EVP_DigestInit_ex(s->md, EVP_sha256(), NULL) != 1) {
-		rc = -ENOMEM;
-		goto fail;
-	}
 	rc = walk(s, &cap, "", name, 0);
 	if (rc)
 		goto fail;
@@ -355,7 +384,8 @@ int arc_stream_open_dir(const struct arc_opts *opts, int dirfd, const char *name
 	}
 	s->raw_total = pos + 1024;
 	if (s->format == ARC_TAR_GZ) {
-		rc = pgz_new(level, threads, block, s->raw_total, raw_fill, s, &s->pgz);
+		rc = pgz_new(set.level, set.threads, set.block, s->raw_total, raw_fill, s,
+			     &s->pgz);
 		if (rc)
 			goto fail;
 	}
@@ -366,13 +396,13 @@ fail:
 	return rc;
 }
 
-static int resolve_format(const struct arc_opts *o, int fd, const struct stat *st, int level,
+static int resolve_format(enum arc_format want, int fd, const struct stat *st, int level,
 			  enum arc_format *out)
 {
 	int rc;
 
-	if (o->format != ARC_AUTO) {
-		*out = o->format;
+	if (want != ARC_AUTO) {
+		*out = want;
 		return 0;
 	}
 	if (st->st_size < (off_t)ARC_AUTO_SMALL) {
@@ -389,12 +419,8 @@ static int resolve_format(const struct arc_opts *o, int fd, const struct stat *s
 int arc_stream_open_file(const struct arc_opts *opts, int fd, const char *name,
 			 const struct stat *st, struct arc_stream **out)
 {
-	static const struct arc_opts defaults = { .format = ARC_TAR_GZ };
-	const struct arc_opts *o = opts ? opts : &defaults;
 	struct arc_stream *s = NULL;
-	size_t block = o->block_size ? o->block_size : ARC_BLOCK_DEFAULT;
-	int level = o->level ? o->level : 6;
-	int threads = o->threads;
+	struct settings set;
 	enum arc_format fmt;
 	ssize_t hl;
 	int rc;
@@ -403,36 +429,18 @@ int arc_stream_open_file(const struct arc_opts *opts, int fd, const char *name,
 		return -EINVAL;
 	if (S_ISDIR(st->st_mode))
 		return -EISDIR;
-	if (!S_ISREG(st->st_mode) || st->st_size < 0 || (unsigned int)o->format > ARC_AUTO ||
-	    level < 1 || level > 9 || threads < 0 || block < ARC_BLOCK_MIN ||
-	    block > ARC_BLOCK_MAX)
+	if (!S_ISREG(st->st_mode) || st->st_size < 0 || settings_of(opts, &set))
 		return -EINVAL;
-	if (threads == 0) {
-		long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-
-		threads = cpus > 0 ? (int)(cpus < ARC_THREADS_MAX ? cpus : ARC_THREADS_MAX) : 1;
-	}
-	if (threads > ARC_THREADS_MAX)
-		threads = ARC_THREADS_MAX;
-	rc = resolve_format(o, fd, st, level, &fmt);
+	rc = resolve_format(set.format, fd, st, set.level, &fmt);
 	if (rc)
 		return rc;
 	if ((fmt == ARC_TAR_GZ || fmt == ARC_TAR) && (!name || !*name))
 		return -EINVAL;
 
-	s = calloc(1, sizeof(*s));
+	s = stream_new(fmt, fd, -1);
 	if (!s)
 		return -ENOMEM;
-	s->format = fmt;
-	s->fd = fd;
-	s->dirfd = -1;
-	s->cur_fd = -1;
 	s->size = (uint64_t)st->st_size;
-	s->md = EVP_MD_CTX_new();
-	if (!s->md || EVP_DigestInit_ex(s->md, EVP_sha256(), NULL) != 1) {
-		rc = -ENOMEM;
-		goto fail;
-	}
 	s->ents = calloc(1, sizeof(*s->ents));
 	if (!s->ents) {
 		rc = -ENOMEM;
@@ -461,7 +469,8 @@ int arc_stream_open_file(const struct arc_opts *opts, int fd, const char *name,
 	if (s->size == 0)
 		sha_finish(s);
 	if (fmt == ARC_TAR_GZ || fmt == ARC_GZIP) {
-		rc = pgz_new(level, threads, block, s->raw_total, raw_fill, s, &s->pgz);
+		rc = pgz_new(set.level, set.threads, set.block, s->raw_total, raw_fill, s,
+			     &s->pgz);
 		if (rc)
 			goto fail;
 	}
