@@ -62,6 +62,22 @@ def stays(what, check, seconds=QUIET, interval=0.1):
         time.sleep(interval)
 
 
+def wait_landed(m, name):
+    """Wait until pending/@name has landed in completed/ as completed or
+    duplicate (either ends the unit); returns the status."""
+    wait_status_in(m.completed(name), ("completed", "duplicate"), m.pending(name))
+    return get_status(m.completed(name))
+
+
+def wait_status_in(path, wanted, watch_failed):
+    def check():
+        for p in (path, watch_failed):
+            if get_status(p) == "failed":
+                raise AssertionError(f"{p}: upload failed: {get_xattr(p, 'user.mgmt.error')}")
+        return get_status(path) in wanted
+    wait_for(f"{path} with status in {wanted}", check)
+
+
 def queued_paths(status_json):
     return sorted(u["original_path"] for u in status_json["units"]
                   if u["status"] == "queued")
@@ -316,11 +332,12 @@ def test_rename_back_uploads_again(mount, tmp_path, kind):
 
     os.rename(m.completed(name), m.pending(name))
     assert not os.path.lexists(m.completed(name))
-    m.wait_completed(name)
+    wait_landed(m, name)
 
     second_key = f"{m.prefix}/{name}_1.tar.gz"
     fields = getfattr(m.completed(name))
-    assert fields["user.mgmt.status"] == "completed", fields
+    # a rename back is an explicit "upload it again": not a duplicate
+    assert fields["user.mgmt.status"] == "completed", (fields, objects(m))
     assert fields["user.mgmt.s3_object_key"] == second_key, fields
     assert fields["user.mgmt.id"] != first["user.mgmt.id"], fields
     assert fields["user.mgmt.checksum"] == first["user.mgmt.checksum"]
@@ -352,9 +369,10 @@ def test_duplicate_content_is_not_uploaded_again(mount, tmp_path, size):
     assert objects(m) == [key]
 
     write_file(m.pending("copy.bin"), data)
-    wait_status(m.completed("copy.bin"), "duplicate", watch_failed=m.pending("copy.bin"))
+    wait_landed(m, "copy.bin")
 
     fields = getfattr(m.completed("copy.bin"))
+    assert fields["user.mgmt.status"] == "duplicate", (fields, objects(m))
     assert fields["user.mgmt.s3_object_key"] == key, fields
     assert fields["user.mgmt.checksum"] == "sha256:" + sha256(data)
     assert fields["user.mgmt.original_path"] == "pending/copy.bin"
