@@ -1551,7 +1551,9 @@ static void *sched_main(void *arg)
 		for (u = e->units; u; u = u->next) {
 			if (u->state != U_WAITING)
 				continue;
-			if (u->due <= now && !atomic_load(&e->fs->held) && ndue < 64)
+			if (atomic_load(&e->fs->held))
+				continue;	/* woken twice a second to see the hold lifted */
+			if (u->due <= now && ndue < 64)
 				snprintf(due_names[ndue++], NAME_MAX + 1, "%s", u->name);
 			else if (u->due < wake)
 				wake = u->due;
