@@ -11,6 +11,7 @@
 #include "fs/fs_i.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -200,6 +201,14 @@ out:
 
 int main(int argc, char **argv)
 {
+	/*
+	 * Part buffers are large and short-lived: always give them back to the
+	 * system (a fixed mmap threshold stops glibc from moving it up and
+	 * keeping freed parts in the heap), and few arenas, so that the memory
+	 * of an upload does not depend on the size of the file.
+	 */
+	mallopt(M_MMAP_THRESHOLD, 1 << 20);
+	mallopt(M_ARENA_MAX, 4);
 	if (argc > 1 && cli_is_command(argv[1]))
 		return cli_main(argc - 1, argv + 1);
 	return mount_main(argc, argv);

@@ -6,10 +6,11 @@
  * DESIGN
  *
  * Every public call describes its request in a struct s3_req (method, key,
- * query, extra signed headers, body) and hands it to s3_call(), which runs
- * attempts until one succeeds, a verdict says retrying cannot help, the
- * attempt budget (max_attempts) or the sleep budget (retry_max_seconds) is
- * spent, or the cancel flag rises.  Each attempt resets the easy handle
+ * query, extra signed headers, body), all built the same way in a struct
+ * s3_op (op_start(), op_query(), op_body(), op_run(), op_done()), and
+ * s3_call() runs attempts until one succeeds, a verdict says retrying
+ * cannot help, the attempt budget (max_attempts) or the sleep budget
+ * (retry_max_seconds) is spent, or the cancel flag rises.  Each attempt resets the easy handle
  * (curl_easy_reset() keeps the connection cache, so keep-alive survives),
  * re-signs with the current time, and sets every header itself: RGW, like
  * AWS, wants x-amz-content-sha256 on every request, which libcurl's
@@ -103,6 +104,7 @@ struct s3_req {
 	const void *body;
 	size_t len;
 	char sha256[SIGV4_HEX_LEN]; /* of the body */
+	char md5_hex[33]; /* of the body, what check_etag() compares with */
 	/* GET only: 2xx bodies go here instead of into the response buffer */
 	int (*sink)(const void *data, size_t len, void *arg);
 	void *sink_arg;
@@ -142,12 +144,14 @@ struct s3_attempt {
 /* ------------------------------------------------------------------ */
 /* errors */
 
+/* Say what failed; a new message, so any earlier hint goes. */
 static void err_what(struct s3_client *c, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 static void err_what(struct s3_client *c, const char *fmt, ...)
 {
 	va_list ap;
 
+	c->err_hint[0] = '\0';
 	va_start(ap, fmt);
 	vsnprintf(c->err_what, sizeof(c->err_what), fmt, ap);
 	va_end(ap);
@@ -192,15 +196,27 @@ static void err_finish(struct s3_client *c, int attempts, double elapsed, int ga
 	scrub(c->err, c->sec.session_token);
 }
 
+/* A failure found without retrying (bad argument, bad answer): its text, and @rc. */
+static int fail_now(struct s3_client *c, int rc, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static int fail_now(struct s3_client *c, int rc, const char *fmt, ...)
+{
+	va_list ap;
+
+	c->err_hint[0] = '\0';
+	va_start(ap, fmt);
+	vsnprintf(c->err_what, sizeof(c->err_what), fmt, ap);
+	va_end(ap);
+	err_finish(c, 0, 0, 0);
+	return rc;
+}
+
 /* A local failure (bad argument, no memory) with its text. */
 static int fail_local(struct s3_client *c, int rc, const char *what)
 {
 	char eb[128];
 
-	c->err_hint[0] = '\0';
-	err_what(c, "%s: %s", what, mgmtfs_strerror(rc, eb, sizeof(eb)));
-	err_finish(c, 0, 0, 0);
-	return rc;
+	return fail_now(c, rc, "%s: %s", what, mgmtfs_strerror(rc, eb, sizeof(eb)));
 }
 
 static const char *esc(const char *s, char *buf, size_t len)
@@ -382,6 +398,18 @@ static int hdrset_add_meta(struct hdrset *h, const struct s3_meta *meta, size_t 
 /* ------------------------------------------------------------------ */
 /* curl callbacks */
 
+/* Forget the head of the last response: a new attempt, or a new response after a 1xx. */
+static void resp_forget(struct s3_resp *rs)
+{
+	rs->status = 0;
+	rs->etag[0] = '\0';
+	rs->reason[0] = '\0';
+	rs->code[0] = '\0';
+	rs->message[0] = '\0';
+	rs->have_length = 0;
+	rs->content_length = 0;
+}
+
 static size_t on_read(char *buf, size_t size, size_t nitems, void *arg)
 {
 	struct s3_attempt *at = arg;
@@ -434,11 +462,7 @@ static size_t on_header(char *buf, size_t size, size_t nitems, void *arg)
 		const char *p = memchr(buf, ' ', len);
 		long st = 0;
 
-		/* a new response (after a 100 Continue, say): forget the last one */
-		rs->etag[0] = '\0';
-		rs->reason[0] = '\0';
-		rs->have_length = 0;
-		rs->content_length = 0;
+		resp_forget(rs); /* a new response (after a 100 Continue, say) */
 		while (p && p < e && *p == ' ')
 			p++;
 		while (p && p < e && *p >= '0' && *p <= '9')
@@ -650,7 +674,6 @@ static struct s3_verdict curl_verdict(struct s3_client *c, CURLcode cc, struct s
 	char eb[128];
 	long oserr = 0;
 
-	c->err_hint[0] = '\0';
 	switch (cc) {
 	case CURLE_ABORTED_BY_CALLBACK:
 		v.rc = -ECANCELED;
@@ -743,7 +766,6 @@ static struct s3_verdict http_verdict(struct s3_client *c, const struct s3_req *
 	code = rs->code[0] ? rs->code : rs->reason;
 	esc(rq->key, k, sizeof(k));
 	esc(c->bucket, b, sizeof(b));
-	c->err_hint[0] = '\0';
 
 	if (strcmp(rs->code, "NoSuchBucket") == 0) {
 		err_what(c, "NoSuchBucket: bucket '%s' does not exist at %s", b, c->endpoint);
@@ -805,13 +827,7 @@ static struct s3_verdict attempt_once(struct s3_client *c, const struct s3_req *
 
 	s3_buf_init(&path, 4 * S3_KEY_MAX);
 	s3_buf_init(&url, 64 * S3_KEY_MAX);
-	rs->status = 0;
-	rs->etag[0] = '\0';
-	rs->reason[0] = '\0';
-	rs->code[0] = '\0';
-	rs->message[0] = '\0';
-	rs->have_length = 0;
-	rs->content_length = 0;
+	resp_forget(rs);
 	s3_buf_free(&rs->body);
 	c->curl_err[0] = '\0';
 
@@ -889,7 +905,6 @@ static struct s3_verdict attempt_once(struct s3_client *c, const struct s3_req *
 	c->http_status = rs->status;
 	if (cc == CURLE_ABORTED_BY_CALLBACK || cancelled(c)) {
 		v.rc = -ECANCELED;
-		c->err_hint[0] = '\0';
 		err_what(c, "cancelled");
 	} else if (cc != CURLE_OK) {
 		v = curl_verdict(c, cc, rs);
@@ -939,7 +954,6 @@ static int s3_call(struct s3_client *c, const struct s3_req *rq, struct s3_resp 
 
 		if (cancelled(c)) {
 			v.rc = -ECANCELED;
-			c->err_hint[0] = '\0';
 			err_what(c, "cancelled");
 			break;
 		}
@@ -967,7 +981,6 @@ static int s3_call(struct s3_client *c, const struct s3_req *rq, struct s3_resp 
 			    c->max_attempts, d);
 		if (sleep_cancellable(c, d)) {
 			v.rc = -ECANCELED;
-			c->err_hint[0] = '\0';
 			err_what(c, "cancelled");
 			break;
 		}
@@ -981,10 +994,147 @@ static int s3_call(struct s3_client *c, const struct s3_req *rq, struct s3_resp 
 	return v.rc;
 }
 
-static void resp_init(struct s3_resp *rs)
+/* ------------------------------------------------------------------ */
+/* one call: what every public request shares */
+
+/* A call's request, its query, its extra headers and its response. */
+struct s3_op {
+	struct s3_req rq;
+	struct s3_resp rs; /* kept across the attempts and pages of the call */
+	struct sigv4_kv q[4]; /* rq.query: ListMultipartUploads sends the most */
+	struct hdrset hs; /* the extra headers, rq.hdrs once run */
+};
+
+/* A bodiless @method on @key (NULL: the bucket); op_done() releases @op. */
+static void op_init(struct s3_op *op, const char *method, const char *key)
 {
-	memset(rs, 0, sizeof(*rs));
-	s3_buf_init(&rs->body, S3_MAX_RESPONSE);
+	memset(op, 0, sizeof(*op));
+	op->rq.method = method;
+	op->rq.key = key;
+	op->rq.query = op->q;
+	memcpy(op->rq.sha256, SIGV4_EMPTY_SHA256, SIGV4_HEX_LEN);
+	s3_buf_init(&op->rs.body, S3_MAX_RESPONSE);
+}
+
+/* Add a query parameter (both borrowed); @value NULL for a bare name ("?uploads"). */
+static void op_query(struct s3_op *op, const char *name, const char *value)
+{
+	op->q[op->rq.nquery].name = name;
+	op->q[op->rq.nquery++].value = value;
+}
+
+/* As op_init() on object @key, checked: 0, or -EINVAL with nothing to release. */
+static int op_start(struct s3_client *c, struct s3_op *op, const char *method, const char *key)
+{
+	op_init(op, method, key);
+	if (!key || !*key || strlen(key) > S3_KEY_MAX)
+		return fail_local(c, -EINVAL, "bad object key (empty or over 1024 bytes)");
+	return 0;
+}
+
+/* As op_start() within multipart upload @upload_id, checked too: "?uploadId=". */
+static int op_start_upload(struct s3_client *c, struct s3_op *op, const char *method,
+			   const char *key, const char *upload_id)
+{
+	int rc = op_start(c, op, method, key);
+
+	if (!rc && (!upload_id || !*upload_id || strlen(upload_id) >= S3_UPLOAD_ID_MAX))
+		rc = fail_local(c, -EINVAL, "bad upload id");
+	if (!rc)
+		op_query(op, "uploadId", upload_id);
+	return rc;
+}
+
+static int op_header(struct s3_client *c, struct s3_op *op, const char *name, const char *value)
+{
+	int rc = hdrset_add(&op->hs, name, value);
+
+	return rc ? fail_local(c, rc, "cannot build the request") : 0;
+}
+
+/* Send @body: the caller's hashes (either may be NULL) or computed ones, and Content-MD5. */
+static int op_body(struct s3_client *c, struct s3_op *op, const void *body, size_t len,
+		   const unsigned char *md5, const char *sha256_hex)
+{
+	unsigned char m[16];
+	char b64[32];
+	int rc;
+
+	op->rq.body = body;
+	op->rq.len = len;
+	if (!md5) {
+		rc = sigv4_md5(body, len, m);
+		if (rc)
+			return fail_local(c, rc, "cannot hash the body");
+		md5 = m;
+	}
+	if (sha256_hex) {
+		if (strlen(sha256_hex) != SIGV4_HEX_LEN - 1)
+			return fail_local(c, -EINVAL, "bad SHA-256 of the body");
+		memcpy(op->rq.sha256, sha256_hex, SIGV4_HEX_LEN);
+	} else {
+		rc = sigv4_sha256_hex(body, len, op->rq.sha256);
+		if (rc)
+			return fail_local(c, rc, "cannot hash the body");
+	}
+	sigv4_hex(md5, 16, op->rq.md5_hex);
+	rc = base64_md5(md5, b64);
+	if (rc)
+		return fail_local(c, rc, "cannot build the request");
+	return op_header(c, op, "content-md5", b64);
+}
+
+/* The headers of a new object: its type, If-None-Match: * when asked, x-amz-meta-*. */
+static int op_object_headers(struct s3_client *c, struct s3_op *op, int if_none_match,
+			     const struct s3_meta *meta, size_t nmeta)
+{
+	int rc;
+
+	rc = hdrset_add(&op->hs, "content-type", "application/octet-stream");
+	if (!rc && if_none_match)
+		rc = hdrset_add(&op->hs, "if-none-match", "*");
+	if (!rc)
+		rc = hdrset_add_meta(&op->hs, meta, nmeta);
+	return rc ? fail_local(c, rc, "bad metadata") : 0;
+}
+
+static int op_run(struct s3_client *c, struct s3_op *op)
+{
+	op->rq.hdrs = op->hs.kv;
+	op->rq.nhdrs = op->hs.n;
+	return s3_call(c, &op->rq, &op->rs);
+}
+
+/* Release @op; if @rc is 0, copy the ETag of its answer to @etag_out (may be NULL). */
+static int op_done(struct s3_op *op, int rc, char *etag_out)
+{
+	if (!rc && etag_out)
+		memcpy(etag_out, op->rs.etag, S3_ETAG_MAX);
+	hdrset_free(&op->hs);
+	s3_buf_free(&op->rs.body);
+	return rc;
+}
+
+/*
+ * A lost response (see s3_put_object()): the call failed, but an earlier
+ * attempt of it may have done its work.  If @key is there with ETag @want,
+ * it did: 1, that ETag in @etag_out and no error.  Otherwise 0 and c->err
+ * as the call left it.
+ */
+static int lost_response_done(struct s3_client *c, const char *key, const char *want,
+			      char *etag_out)
+{
+	struct s3_object_info oi;
+	char saved[S3_ERROR_MAX];
+
+	memcpy(saved, c->err, sizeof(saved));
+	if (want[0] && s3_head_object(c, key, &oi) == 0 && strcasecmp(oi.etag, want) == 0) {
+		memcpy(etag_out, oi.etag, S3_ETAG_MAX);
+		c->err[0] = '\0';
+		return 1;
+	}
+	memcpy(c->err, saved, sizeof(c->err));
+	return 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -1222,142 +1372,62 @@ void s3_client_set_progress(struct s3_client *c, void (*cb)(void *arg, uint64_t 
 
 int s3_head_bucket(struct s3_client *c)
 {
-	struct s3_req rq;
-	struct s3_resp rs;
+	struct s3_op op;
 	int rc;
 
-	memset(&rq, 0, sizeof(rq));
-	rq.method = "HEAD";
-	memcpy(rq.sha256, SIGV4_EMPTY_SHA256, SIGV4_HEX_LEN);
-	resp_init(&rs);
-	rc = s3_call(c, &rq, &rs);
-	s3_buf_free(&rs.body);
-	return rc;
-}
-
-static int check_key(struct s3_client *c, const char *key)
-{
-	if (!key || !*key || strlen(key) > S3_KEY_MAX)
-		return fail_local(c, -EINVAL, "bad object key (empty or over 1024 bytes)");
-	return 0;
+	op_init(&op, "HEAD", NULL);
+	rc = op_run(c, &op);
+	return op_done(&op, rc, NULL);
 }
 
 int s3_head_object(struct s3_client *c, const char *key, struct s3_object_info *out)
 {
-	struct s3_req rq;
-	struct s3_resp rs;
+	struct s3_op op;
 	int rc;
 
-	rc = check_key(c, key);
+	rc = op_start(c, &op, "HEAD", key);
 	if (rc)
 		return rc;
-	memset(&rq, 0, sizeof(rq));
-	rq.method = "HEAD";
-	rq.key = key;
-	memcpy(rq.sha256, SIGV4_EMPTY_SHA256, SIGV4_HEX_LEN);
-	resp_init(&rs);
-	rc = s3_call(c, &rq, &rs);
-	if (!rc) {
-		out->size = rs.content_length;
-		memcpy(out->etag, rs.etag, sizeof(out->etag));
-	}
-	s3_buf_free(&rs.body);
-	return rc;
+	rc = op_run(c, &op);
+	if (!rc)
+		out->size = op.rs.content_length;
+	return op_done(&op, rc, out->etag);
 }
 
 /* ------------------------------------------------------------------ */
 /* PUT and parts */
 
-/* What the ETag check of a PUT compares with. */
-struct etag_want {
-	char md5_hex[33];
-};
-
 static int check_etag(struct s3_client *c, const struct s3_req *rq, struct s3_resp *rs,
 		      struct s3_verdict *v)
 {
-	const struct etag_want *w = rq->check_arg;
 	char k[S3_ESC_MAX], e[S3_ESC_MAX];
 
-	if (strcasecmp(rs->etag, w->md5_hex) == 0)
+	if (strcasecmp(rs->etag, rq->md5_hex) == 0)
 		return 0;
 	v->rc = -EBADMSG;
 	v->retry = 1;
-	c->err_hint[0] = '\0';
 	err_what(c, "ETag mismatch for '%s': the server has \"%s\", the data sent has MD5 %s",
-		 esc(rq->key, k, sizeof(k)), esc(rs->etag, e, sizeof(e)), w->md5_hex);
+		 esc(rq->key, k, sizeof(k)), esc(rs->etag, e, sizeof(e)), rq->md5_hex);
 	err_hint(c, "the data was damaged on the way");
 	return -1;
-}
-
-/* Body hashes: use the caller's or compute them; Content-MD5 into @hs. */
-static int body_hashes(struct s3_client *c, struct s3_req *rq, const unsigned char *md5,
-		       const char *sha256_hex, struct etag_want *w, struct hdrset *hs)
-{
-	unsigned char m[16];
-	char b64[32];
-	int rc;
-
-	if (!md5) {
-		rc = sigv4_md5(rq->body, rq->len, m);
-		if (rc)
-			return fail_local(c, rc, "cannot hash the body");
-		md5 = m;
-	}
-	if (sha256_hex) {
-		if (strlen(sha256_hex) != SIGV4_HEX_LEN - 1)
-			return fail_local(c, -EINVAL, "bad SHA-256 of the body");
-		memcpy(rq->sha256, sha256_hex, SIGV4_HEX_LEN);
-	} else {
-		rc = sigv4_sha256_hex(rq->body, rq->len, rq->sha256);
-		if (rc)
-			return fail_local(c, rc, "cannot hash the body");
-	}
-	sigv4_hex(md5, 16, w->md5_hex);
-	rc = base64_md5(md5, b64);
-	if (!rc)
-		rc = hdrset_add(hs, "content-md5", b64);
-	if (rc)
-		return fail_local(c, rc, "cannot build the request");
-	return 0;
 }
 
 int s3_put_object(struct s3_client *c, const char *key, const void *body, size_t len,
 		  const unsigned char *md5, const char *sha256_hex, int if_none_match,
 		  const struct s3_meta *meta, size_t nmeta, char *etag_out)
 {
-	struct hdrset hs = { .n = 0 };
-	struct etag_want w;
-	struct s3_req rq;
-	struct s3_resp rs;
+	struct s3_op op;
 	int rc;
 
-	resp_init(&rs);
-	rc = check_key(c, key);
+	rc = op_start(c, &op, "PUT", key);
 	if (rc)
 		return rc;
-	memset(&rq, 0, sizeof(rq));
-	rq.method = "PUT";
-	rq.key = key;
-	rq.body = body;
-	rq.len = len;
-	rq.check = check_etag;
-	rq.check_arg = &w;
-	rc = body_hashes(c, &rq, md5, sha256_hex, &w, &hs);
-	if (rc)
-		goto out;
-	rc = hdrset_add(&hs, "content-type", "application/octet-stream");
-	if (!rc && if_none_match)
-		rc = hdrset_add(&hs, "if-none-match", "*");
+	op.rq.check = check_etag;
+	rc = op_body(c, &op, body, len, md5, sha256_hex);
 	if (!rc)
-		rc = hdrset_add_meta(&hs, meta, nmeta);
-	if (rc) {
-		fail_local(c, rc, "bad metadata");
-		goto out;
-	}
-	rq.hdrs = hs.kv;
-	rq.nhdrs = hs.n;
-	rc = s3_call(c, &rq, &rs);
+		rc = op_object_headers(c, &op, if_none_match, meta, nmeta);
+	if (!rc)
+		rc = op_run(c, &op);
 
 	/*
 	 * A lost response: an earlier attempt of this very call may have been
@@ -1369,31 +1439,19 @@ int s3_put_object(struct s3_client *c, const char *key, const void *body, size_t
 	 * object there has our MD5, it is ours (or identical content), and
 	 * the PUT succeeded.  Otherwise the key really is taken: -EEXIST.
 	 */
-	if (rc == -EEXIST && if_none_match && rs.failed_before) {
-		struct s3_object_info oi;
-		char saved[S3_ERROR_MAX];
-
-		memcpy(saved, c->err, sizeof(saved));
-		if (s3_head_object(c, key, &oi) == 0 && strcasecmp(oi.etag, w.md5_hex) == 0) {
+	if (rc == -EEXIST && if_none_match && op.rs.failed_before) {
+		if (lost_response_done(c, key, op.rq.md5_hex, op.rs.etag)) {
 			char k[S3_ESC_MAX];
 
 			mgmtfs_info("s3: PUT '%s': 412 after a lost response, but the object "
 				    "there has our MD5: done",
 				    esc(key, k, sizeof(k)));
-			memcpy(rs.etag, oi.etag, sizeof(rs.etag));
-			c->err[0] = '\0';
 			rc = 0;
 		} else {
-			memcpy(c->err, saved, sizeof(c->err));
 			c->http_status = 412;
 		}
 	}
-	if (!rc && etag_out)
-		memcpy(etag_out, rs.etag, S3_ETAG_MAX);
-out:
-	hdrset_free(&hs);
-	s3_buf_free(&rs.body);
-	return rc;
+	return op_done(&op, rc, etag_out);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1412,7 +1470,6 @@ static int check_create(struct s3_client *c, const struct s3_req *rq, struct s3_
 		return 0;
 	v->rc = -EBADMSG;
 	v->retry = 1;
-	c->err_hint[0] = '\0';
 	err_what(c, "CreateMultipartUpload at %s answered without an UploadId", c->endpoint);
 	return -1;
 }
@@ -1420,103 +1477,53 @@ static int check_create(struct s3_client *c, const struct s3_req *rq, struct s3_
 int s3_mpu_create(struct s3_client *c, const char *key, const struct s3_meta *meta, size_t nmeta,
 		  char *upload_id_out)
 {
-	struct sigv4_kv q[1] = { { "uploads", NULL } };
-	struct hdrset hs = { .n = 0 };
 	char id[S3_UPLOAD_ID_MAX];
-	struct s3_req rq;
-	struct s3_resp rs;
+	struct s3_op op;
 	int rc;
 
-	resp_init(&rs);
-	rc = check_key(c, key);
+	rc = op_start(c, &op, "POST", key);
 	if (rc)
 		return rc;
-	memset(&rq, 0, sizeof(rq));
-	rq.method = "POST";
-	rq.key = key;
-	rq.query = q;
-	rq.nquery = 1;
-	memcpy(rq.sha256, SIGV4_EMPTY_SHA256, SIGV4_HEX_LEN);
-	rq.check = check_create;
-	rq.check_arg = id;
-	rc = hdrset_add(&hs, "content-type", "application/octet-stream");
+	op_query(&op, "uploads", NULL);
+	op.rq.check = check_create;
+	op.rq.check_arg = id;
+	rc = op_object_headers(c, &op, 0, meta, nmeta);
 	if (!rc)
-		rc = hdrset_add_meta(&hs, meta, nmeta);
-	if (rc) {
-		fail_local(c, rc, "bad metadata");
-		goto out;
-	}
-	rq.hdrs = hs.kv;
-	rq.nhdrs = hs.n;
-	rc = s3_call(c, &rq, &rs);
+		rc = op_run(c, &op);
 	if (!rc)
 		memcpy(upload_id_out, id, S3_UPLOAD_ID_MAX);
-out:
-	hdrset_free(&hs);
-	s3_buf_free(&rs.body);
-	return rc;
-}
-
-static int check_upload_id(struct s3_client *c, const char *upload_id)
-{
-	if (!upload_id || !*upload_id || strlen(upload_id) >= S3_UPLOAD_ID_MAX)
-		return fail_local(c, -EINVAL, "bad upload id");
-	return 0;
+	return op_done(&op, rc, NULL);
 }
 
 int s3_mpu_put_part(struct s3_client *c, const char *key, const char *upload_id, uint32_t partno,
 		    const void *body, size_t len, const unsigned char *md5, const char *sha256_hex,
 		    char *etag_out)
 {
-	struct hdrset hs = { .n = 0 };
-	struct sigv4_kv q[2];
-	struct etag_want w;
+	struct s3_op op;
 	char pn[16];
-	struct s3_req rq;
-	struct s3_resp rs;
 	int rc;
 
-	resp_init(&rs);
-	rc = check_key(c, key);
-	if (!rc)
-		rc = check_upload_id(c, upload_id);
+	rc = op_start_upload(c, &op, "PUT", key, upload_id);
 	if (rc)
 		return rc;
 	if (partno < 1 || partno > 10000)
 		return fail_local(c, -EINVAL, "bad part number (1 to 10000)");
 	snprintf(pn, sizeof(pn), "%" PRIu32, partno);
-	q[0].name = "partNumber";
-	q[0].value = pn;
-	q[1].name = "uploadId";
-	q[1].value = upload_id;
-	memset(&rq, 0, sizeof(rq));
-	rq.method = "PUT";
-	rq.key = key;
-	rq.query = q;
-	rq.nquery = 2;
-	rq.body = body;
-	rq.len = len;
-	rq.check = check_etag;
-	rq.check_arg = &w;
-	rc = body_hashes(c, &rq, md5, sha256_hex, &w, &hs);
-	if (rc)
-		goto out;
-	rq.hdrs = hs.kv;
-	rq.nhdrs = hs.n;
-	rc = s3_call(c, &rq, &rs);
-	if (!rc && etag_out)
-		memcpy(etag_out, rs.etag, S3_ETAG_MAX);
-out:
-	hdrset_free(&hs);
-	s3_buf_free(&rs.body);
-	return rc;
+	op_query(&op, "partNumber", pn);
+	op.rq.check = check_etag;
+	rc = op_body(c, &op, body, len, md5, sha256_hex);
+	if (!rc)
+		rc = op_run(c, &op);
+	return op_done(&op, rc, etag_out);
 }
 
-/* A 200 to CompleteMultipartUpload may still carry an <Error>: judge the body. */
+/*
+ * A 200 to CompleteMultipartUpload may still carry an <Error>: judge the
+ * body.  The ETag of the result goes to rs->etag.
+ */
 static int check_complete(struct s3_client *c, const struct s3_req *rq, struct s3_resp *rs,
 			  struct s3_verdict *v)
 {
-	char *etag_out = rq->check_arg;
 	const char *a = NULL, *z = NULL, *end;
 	char etag[S3_ETAG_MAX];
 
@@ -1526,7 +1533,6 @@ static int check_complete(struct s3_client *c, const struct s3_req *rq, struct s
 	if (s3_xml_block(rs->body.p, end, "Error", &a, &z) == 0) {
 		parse_error_body(rs);
 		*v = s3_http_verdict(200, rs->code);
-		c->err_hint[0] = '\0';
 		err_what(c, "200 %s%s%s (CompleteMultipartUpload)",
 			 rs->code[0] ? rs->code : "Error", rs->message[0] ? ": " : "", rs->message);
 		if (!v->rc) {
@@ -1539,12 +1545,11 @@ static int check_complete(struct s3_client *c, const struct s3_req *rq, struct s
 		goto bad;
 	if (s3_xml_tag(rs->body.p, end, "ETag", etag, sizeof(etag), NULL) < 0)
 		etag[0] = '\0';
-	etag_clean(etag, strlen(etag), etag_out);
+	etag_clean(etag, strlen(etag), rs->etag);
 	return 0;
 bad:
 	v->rc = -EBADMSG;
 	v->retry = 1;
-	c->err_hint[0] = '\0';
 	err_what(c, "CompleteMultipartUpload at %s answered 200 without a result", c->endpoint);
 	return -1;
 }
@@ -1594,131 +1599,79 @@ static void expected_mpu_etag(const struct s3_part *parts, size_t n, char *out)
 	free(md5s);
 }
 
-int s3_mpu_complete(struct s3_client *c, const char *key, const char *upload_id,
-		    const struct s3_part *parts, size_t n, char *etag_out)
+/* The <CompleteMultipartUpload> document for @n parts into @xml. */
+static int complete_xml(struct s3_client *c, const struct s3_part *parts, size_t n,
+			struct s3_buf *xml)
 {
-	struct sigv4_kv q[1];
-	struct hdrset hs = { .n = 0 };
-	char etag[S3_ETAG_MAX] = "";
-	unsigned char md5[16];
-	char b64[32];
-	struct s3_buf xml;
-	struct s3_req rq;
-	struct s3_resp rs;
 	size_t i;
 	int rc;
 
-	resp_init(&rs);
-	s3_buf_init(&xml, (size_t)16 << 20);
-	rc = check_key(c, key);
-	if (!rc)
-		rc = check_upload_id(c, upload_id);
-	if (rc)
-		return rc;
-	if (!n || n > 10000)
-		return fail_local(c, -EINVAL, "bad number of parts (1 to 10000)");
-	rc = s3_buf_adds(&xml, "<CompleteMultipartUpload>");
+	rc = s3_buf_adds(xml, "<CompleteMultipartUpload>");
 	for (i = 0; i < n && !rc; i++) {
 		if (parts[i].partno < 1 || (i && parts[i].partno <= parts[i - 1].partno) ||
-		    !parts[i].etag[0] || strpbrk(parts[i].etag, "<>&\"")) {
-			rc = fail_local(c, -EINVAL, "parts out of order or without an ETag");
-			goto out;
-		}
-		rc = s3_buf_addf(&xml,
+		    !parts[i].etag[0] || strpbrk(parts[i].etag, "<>&\""))
+			return fail_local(c, -EINVAL, "parts out of order or without an ETag");
+		rc = s3_buf_addf(xml,
 				 "<Part><PartNumber>%" PRIu32 "</PartNumber>"
 				 "<ETag>\"%s\"</ETag></Part>",
 				 parts[i].partno, parts[i].etag);
 	}
 	if (!rc)
-		rc = s3_buf_adds(&xml, "</CompleteMultipartUpload>");
-	if (rc) {
-		fail_local(c, rc, "cannot build the request");
-		goto out;
-	}
-	q[0].name = "uploadId";
-	q[0].value = upload_id;
-	memset(&rq, 0, sizeof(rq));
-	rq.method = "POST";
-	rq.key = key;
-	rq.query = q;
-	rq.nquery = 1;
-	rq.body = xml.p;
-	rq.len = xml.len;
-	rq.check = check_complete;
-	rq.check_arg = etag;
-	rc = sigv4_sha256_hex(xml.p, xml.len, rq.sha256);
+		rc = s3_buf_adds(xml, "</CompleteMultipartUpload>");
+	return rc ? fail_local(c, rc, "cannot build the request") : 0;
+}
+
+int s3_mpu_complete(struct s3_client *c, const char *key, const char *upload_id,
+		    const struct s3_part *parts, size_t n, char *etag_out)
+{
+	char want[S3_ETAG_MAX];
+	struct s3_buf xml;
+	struct s3_op op;
+	int rc;
+
+	rc = op_start_upload(c, &op, "POST", key, upload_id);
+	if (rc)
+		return rc;
+	if (!n || n > 10000)
+		return fail_local(c, -EINVAL, "bad number of parts (1 to 10000)");
+	s3_buf_init(&xml, (size_t)16 << 20);
+	op.rq.check = check_complete;
+	rc = complete_xml(c, parts, n, &xml);
 	if (!rc)
-		rc = sigv4_md5(xml.p, xml.len, md5);
+		rc = op_body(c, &op, xml.p, xml.len, NULL, NULL);
 	if (!rc)
-		rc = base64_md5(md5, b64);
+		rc = op_header(c, &op, "content-type", "application/xml");
 	if (!rc)
-		rc = hdrset_add(&hs, "content-md5", b64);
-	if (!rc)
-		rc = hdrset_add(&hs, "content-type", "application/xml");
-	if (rc) {
-		fail_local(c, rc, "cannot build the request");
-		goto out;
-	}
-	rq.hdrs = hs.kv;
-	rq.nhdrs = hs.n;
-	rc = s3_call(c, &rq, &rs);
+		rc = op_run(c, &op);
 
 	/*
 	 * A lost response again: if an earlier attempt completed the upload
 	 * and its answer was lost, the retry finds no such upload (404).  The
 	 * object is then there with the multipart ETag of our parts: HEAD it.
 	 */
-	if (rc == -ENOENT && rs.failed_before) {
-		struct s3_object_info oi;
-		char want[S3_ETAG_MAX], saved[S3_ERROR_MAX];
-
-		memcpy(saved, c->err, sizeof(saved));
+	if (rc == -ENOENT && op.rs.failed_before) {
 		expected_mpu_etag(parts, n, want);
-		if (want[0] && s3_head_object(c, key, &oi) == 0 && strcasecmp(oi.etag, want) == 0) {
-			memcpy(etag, oi.etag, sizeof(etag));
-			c->err[0] = '\0';
+		if (lost_response_done(c, key, want, op.rs.etag))
 			rc = 0;
-		} else {
-			memcpy(c->err, saved, sizeof(c->err));
-		}
 	}
-	if (!rc && etag_out)
-		memcpy(etag_out, etag, S3_ETAG_MAX);
-out:
-	hdrset_free(&hs);
 	s3_buf_free(&xml);
-	s3_buf_free(&rs.body);
-	return rc;
+	return op_done(&op, rc, etag_out);
 }
 
 int s3_mpu_abort(struct s3_client *c, const char *key, const char *upload_id)
 {
-	struct sigv4_kv q[1];
-	struct s3_req rq;
-	struct s3_resp rs;
+	struct s3_op op;
 	int rc;
 
-	rc = check_key(c, key);
-	if (!rc)
-		rc = check_upload_id(c, upload_id);
+	rc = op_start_upload(c, &op, "DELETE", key, upload_id);
 	if (rc)
 		return rc;
-	q[0].name = "uploadId";
-	q[0].value = upload_id;
-	memset(&rq, 0, sizeof(rq));
-	rq.method = "DELETE";
-	rq.key = key;
-	rq.query = q;
-	rq.nquery = 1;
-	memcpy(rq.sha256, SIGV4_EMPTY_SHA256, SIGV4_HEX_LEN);
-	resp_init(&rs);
-	rc = s3_call(c, &rq, &rs);
+	rc = op_run(c, &op);
 	if (rc == -ENOENT) { /* already gone: that is what we wanted */
 		c->err[0] = '\0';
 		rc = 0;
 	}
-	s3_buf_free(&rs.body);
-	return rc;
+	return op_done(&op, rc, NULL);
 }
 
 static int is_true(const char *start, const char *end, const char *tag)
@@ -1745,10 +1698,8 @@ static int parse_u64(const char *s, uint64_t *out)
 
 static int bad_listing(struct s3_client *c, const char *what)
 {
-	c->err_hint[0] = '\0';
-	err_what(c, "%s at %s gave a listing that cannot be read", what, c->endpoint);
-	err_finish(c, 0, 0, 0);
-	return -EBADMSG;
+	return fail_now(c, -EBADMSG, "%s at %s gave a listing that cannot be read", what,
+			c->endpoint);
 }
 
 int s3_mpu_list_parts(struct s3_client *c, const char *key, const char *upload_id,
@@ -1757,15 +1708,10 @@ int s3_mpu_list_parts(struct s3_client *c, const char *key, const char *upload_i
 	struct s3_part *parts = NULL, *np;
 	size_t n = 0, cap = 0;
 	char marker[32] = "";
-	struct sigv4_kv q[2];
-	struct s3_req rq;
-	struct s3_resp rs;
+	struct s3_op op;
 	int rc;
 
-	resp_init(&rs);
-	rc = check_key(c, key);
-	if (!rc)
-		rc = check_upload_id(c, upload_id);
+	rc = op_start_upload(c, &op, "GET", key, upload_id);
 	if (rc)
 		return rc;
 	for (;;) {
@@ -1773,28 +1719,21 @@ int s3_mpu_list_parts(struct s3_client *c, const char *key, const char *upload_i
 		char num[32], etag[S3_ETAG_MAX], size[32];
 		uint64_t v;
 
-		q[0].name = "uploadId";
-		q[0].value = upload_id;
-		q[1].name = "part-number-marker";
-		q[1].value = marker;
-		memset(&rq, 0, sizeof(rq));
-		rq.method = "GET";
-		rq.key = key;
-		rq.query = q;
-		rq.nquery = marker[0] ? 2 : 1;
-		memcpy(rq.sha256, SIGV4_EMPTY_SHA256, SIGV4_HEX_LEN);
-		rc = s3_call(c, &rq, &rs);
+		op.rq.nquery = 1; /* uploadId */
+		if (marker[0])
+			op_query(&op, "part-number-marker", marker);
+		rc = op_run(c, &op);
 		if (rc)
-			goto fail;
-		p = rs.body.p ? rs.body.p : "";
-		end = p + rs.body.len;
+			goto out;
+		p = op.rs.body.p ? op.rs.body.p : "";
+		end = p + op.rs.body.len;
 		while (s3_xml_block(p, end, "Part", &a, &z) == 0) {
 			if (n == cap) {
 				cap = cap ? 2 * cap : 64;
 				np = realloc(parts, cap * sizeof(*parts));
 				if (!np) {
 					rc = fail_local(c, -ENOMEM, "cannot list parts");
-					goto fail;
+					goto out;
 				}
 				parts = np;
 			}
@@ -1804,32 +1743,29 @@ int s3_mpu_list_parts(struct s3_client *c, const char *key, const char *upload_i
 			    s3_xml_tag(a, z, "Size", size, sizeof(size), NULL) < 0 ||
 			    parse_u64(size, &parts[n].size)) {
 				rc = bad_listing(c, "ListParts");
-				goto fail;
+				goto out;
 			}
 			parts[n].partno = (uint32_t)v;
 			etag_clean(etag, strlen(etag), parts[n].etag);
 			n++;
 			p = z;
 		}
-		if (!is_true(rs.body.p, end, "IsTruncated"))
+		if (!is_true(op.rs.body.p, end, "IsTruncated"))
 			break;
-		if (s3_xml_tag(rs.body.p, end, "NextPartNumberMarker", num, sizeof(num), NULL) <=
+		if (s3_xml_tag(op.rs.body.p, end, "NextPartNumberMarker", num, sizeof(num), NULL) <=
 			    0 ||
 		    strcmp(num, marker) == 0) {
 			rc = bad_listing(c, "ListParts");
-			goto fail;
+			goto out;
 		}
 		memcpy(marker, num, sizeof(marker));
 	}
-	s3_buf_free(&rs.body);
 	*parts_out = parts;
 	*n_out = n;
-	return 0;
-
-fail:
-	s3_buf_free(&rs.body);
+	parts = NULL;
+out:
 	free(parts);
-	return rc;
+	return op_done(&op, rc, NULL);
 }
 
 int s3_mpu_list(struct s3_client *c, const char *prefix,
@@ -1837,38 +1773,26 @@ int s3_mpu_list(struct s3_client *c, const char *prefix,
 {
 	char key_marker[S3_KEY_MAX * 2 + 1] = "", id_marker[S3_UPLOAD_ID_MAX] = "";
 	char key[S3_KEY_MAX * 2 + 1], id[S3_UPLOAD_ID_MAX];
-	struct sigv4_kv q[4];
-	struct s3_req rq;
-	struct s3_resp rs;
+	struct s3_op op;
 	int rc = 0;
 
-	resp_init(&rs);
+	op_init(&op, "GET", NULL);
 	for (;;) {
 		const char *p, *end, *a = NULL, *z = NULL;
-		size_t nq = 0;
 
-		q[nq].name = "uploads";
-		q[nq++].value = NULL;
-		if (prefix && *prefix) {
-			q[nq].name = "prefix";
-			q[nq++].value = prefix;
-		}
+		op.rq.nquery = 0;
+		op_query(&op, "uploads", NULL);
+		if (prefix && *prefix)
+			op_query(&op, "prefix", prefix);
 		if (key_marker[0]) {
-			q[nq].name = "key-marker";
-			q[nq++].value = key_marker;
-			q[nq].name = "upload-id-marker";
-			q[nq++].value = id_marker;
+			op_query(&op, "key-marker", key_marker);
+			op_query(&op, "upload-id-marker", id_marker);
 		}
-		memset(&rq, 0, sizeof(rq));
-		rq.method = "GET";
-		rq.query = q;
-		rq.nquery = nq;
-		memcpy(rq.sha256, SIGV4_EMPTY_SHA256, SIGV4_HEX_LEN);
-		rc = s3_call(c, &rq, &rs);
+		rc = op_run(c, &op);
 		if (rc)
 			break;
-		p = rs.body.p ? rs.body.p : "";
-		end = p + rs.body.len;
+		p = op.rs.body.p ? op.rs.body.p : "";
+		end = p + op.rs.body.len;
 		while (s3_xml_block(p, end, "Upload", &a, &z) == 0) {
 			if (s3_xml_tag(a, z, "Key", key, sizeof(key), NULL) < 0 ||
 			    s3_xml_tag(a, z, "UploadId", id, sizeof(id), NULL) <= 0) {
@@ -1880,10 +1804,10 @@ int s3_mpu_list(struct s3_client *c, const char *prefix,
 				goto out;
 			p = z;
 		}
-		if (!is_true(rs.body.p, end, "IsTruncated"))
+		if (!is_true(op.rs.body.p, end, "IsTruncated"))
 			break;
-		if (s3_xml_tag(rs.body.p, end, "NextKeyMarker", key, sizeof(key), NULL) <= 0 ||
-		    s3_xml_tag(rs.body.p, end, "NextUploadIdMarker", id, sizeof(id), NULL) < 0 ||
+		if (s3_xml_tag(op.rs.body.p, end, "NextKeyMarker", key, sizeof(key), NULL) <= 0 ||
+		    s3_xml_tag(op.rs.body.p, end, "NextUploadIdMarker", id, sizeof(id), NULL) < 0 ||
 		    (strcmp(key, key_marker) == 0 && strcmp(id, id_marker) == 0)) {
 			rc = bad_listing(c, "ListMultipartUploads");
 			break;
@@ -1892,8 +1816,7 @@ int s3_mpu_list(struct s3_client *c, const char *prefix,
 		memcpy(id_marker, id, sizeof(id_marker));
 	}
 out:
-	s3_buf_free(&rs.body);
-	return rc;
+	return op_done(&op, rc, NULL);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1902,31 +1825,21 @@ out:
 int s3_get_object(struct s3_client *c, const char *key,
 		  int (*cb)(const void *data, size_t len, void *arg), void *arg)
 {
-	struct s3_req rq;
-	struct s3_resp rs;
+	struct s3_op op;
 	int rc;
 
-	resp_init(&rs);
-	rc = check_key(c, key);
+	rc = op_start(c, &op, "GET", key);
 	if (rc)
 		return rc;
-	memset(&rq, 0, sizeof(rq));
-	rq.method = "GET";
-	rq.key = key;
-	rq.sink = cb;
-	rq.sink_arg = arg;
-	memcpy(rq.sha256, SIGV4_EMPTY_SHA256, SIGV4_HEX_LEN);
-	rc = s3_call(c, &rq, &rs);
-	if (rc == -EEXIST && rs.delivered) { /* If-Match failed on a resumed GET */
+	op.rq.sink = cb;
+	op.rq.sink_arg = arg;
+	rc = op_run(c, &op);
+	if (rc == -EEXIST && op.rs.delivered) { /* If-Match failed on a resumed GET */
 		char k[S3_ESC_MAX];
 
-		c->err_hint[0] = '\0';
-		err_what(c, "'%s' changed while it was read", esc(key, k, sizeof(k)));
-		err_finish(c, 0, 0, 0);
-		rc = -EIO;
+		rc = fail_now(c, -EIO, "'%s' changed while it was read", esc(key, k, sizeof(k)));
 	}
-	s3_buf_free(&rs.body);
-	return rc;
+	return op_done(&op, rc, NULL);
 }
 
 /* ------------------------------------------------------------------ */

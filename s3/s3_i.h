@@ -5,6 +5,7 @@
 #ifndef MGMTFS_S3_S3_I_H
 #define MGMTFS_S3_S3_I_H
 
+#include <stdarg.h>
 #include <stddef.h>
 
 /*
@@ -24,6 +25,8 @@ void s3_buf_free(struct s3_buf *b); /* back to empty; wipes nothing */
 int s3_buf_add(struct s3_buf *b, const void *data, size_t len);
 int s3_buf_adds(struct s3_buf *b, const char *s);
 int s3_buf_addf(struct s3_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int s3_buf_vaddf(struct s3_buf *b, const char *fmt, va_list ap)
+	__attribute__((format(printf, 2, 0)));
 /* Hand the string over: *out owns it ("" if empty), @b is empty again. 0 or -ENOMEM. */
 int s3_buf_detach(struct s3_buf *b, char **out);
 

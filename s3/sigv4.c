@@ -10,6 +10,7 @@
 #include "s3/s3_i.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,21 @@
 #define SIGV4_ALGO    "AWS4-HMAC-SHA256"
 #define SIGV4_SERVICE "s3"
 #define SIGV4_MAX_STR ((size_t)1 << 24)
+
+/* printf into a new string owned by the caller.  0 or -ENOMEM/-E2BIG/-EINVAL. */
+static int str_printf(char **out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int str_printf(char **out, const char *fmt, ...)
+{
+	struct s3_buf b;
+	va_list ap;
+	int rc;
+
+	s3_buf_init(&b, SIGV4_MAX_STR);
+	va_start(ap, fmt);
+	rc = s3_buf_vaddf(&b, fmt, ap);
+	va_end(ap);
+	return rc ? rc : s3_buf_detach(&b, out);
+}
 
 void sigv4_hex(const unsigned char *in, size_t n, char *out)
 {
@@ -293,20 +309,14 @@ int sigv4_string_to_sign(const char *amz_date, const char *region, const char *c
 			 char **out)
 {
 	char scope[256], hash[SIGV4_HEX_LEN];
-	struct s3_buf b;
 	int rc;
 
-	s3_buf_init(&b, SIGV4_MAX_STR);
 	rc = sigv4_scope(amz_date, region, scope, sizeof(scope));
-	if (rc)
-		return rc;
-	rc = sigv4_sha256_hex(canonical_request, strlen(canonical_request), hash);
-	if (rc)
-		return rc;
-	rc = s3_buf_addf(&b, SIGV4_ALGO "\n%s\n%s\n%s", amz_date, scope, hash);
-	if (rc)
-		return rc;
-	return s3_buf_detach(&b, out);
+	if (!rc)
+		rc = sigv4_sha256_hex(canonical_request, strlen(canonical_request), hash);
+	if (!rc)
+		rc = str_printf(out, SIGV4_ALGO "\n%s\n%s\n%s", amz_date, scope, hash);
+	return rc;
 }
 
 static int hmac_sha256(const void *key, size_t keylen, const char *msg, unsigned char out[32])
@@ -369,18 +379,13 @@ int sigv4_authorization(const char *access_key, const char *amz_date, const char
 			const char *signed_headers, const char *sig_hex, char **out)
 {
 	char scope[256];
-	struct s3_buf b;
 	int rc;
 
-	s3_buf_init(&b, SIGV4_MAX_STR);
 	rc = sigv4_scope(amz_date, region, scope, sizeof(scope));
-	if (rc)
-		return rc;
-	rc = s3_buf_addf(&b, SIGV4_ALGO " Credential=%s/%s, SignedHeaders=%s, Signature=%s",
-			 access_key, scope, signed_headers, sig_hex);
-	if (rc)
-		return rc;
-	return s3_buf_detach(&b, out);
+	if (!rc)
+		rc = str_printf(out, SIGV4_ALGO " Credential=%s/%s, SignedHeaders=%s, Signature=%s",
+				access_key, scope, signed_headers, sig_hex);
+	return rc;
 }
 
 int sigv4_sign(const struct sigv4_request *req, const char *access_key, const char *secret,

@@ -64,32 +64,44 @@ int s3_buf_adds(struct s3_buf *b, const char *s)
 	return s3_buf_add(b, s, strlen(s));
 }
 
-int s3_buf_addf(struct s3_buf *b, const char *fmt, ...)
+int s3_buf_vaddf(struct s3_buf *b, const char *fmt, va_list ap)
 {
 	char small[256];
 	char *big = NULL;
-	va_list ap;
+	va_list again;
 	int n, rc;
 
-	va_start(ap, fmt);
+	va_copy(again, ap); /* a second pass when @small is too small */
 	n = vsnprintf(small, sizeof(small), fmt, ap);
-	va_end(ap);
+	if (n >= 0 && (size_t)n >= sizeof(small)) {
+		big = malloc((size_t)n + 1);
+		if (big)
+			vsnprintf(big, (size_t)n + 1, fmt, again);
+	}
+	va_end(again);
 	if (n < 0) {
 		s3_buf_free(b);
 		return -EINVAL;
 	}
 	if ((size_t)n < sizeof(small))
 		return s3_buf_add(b, small, (size_t)n);
-	big = malloc((size_t)n + 1);
 	if (!big) {
 		s3_buf_free(b);
 		return -ENOMEM;
 	}
-	va_start(ap, fmt);
-	vsnprintf(big, (size_t)n + 1, fmt, ap);
-	va_end(ap);
 	rc = s3_buf_add(b, big, (size_t)n);
 	free(big);
+	return rc;
+}
+
+int s3_buf_addf(struct s3_buf *b, const char *fmt, ...)
+{
+	va_list ap;
+	int rc;
+
+	va_start(ap, fmt);
+	rc = s3_buf_vaddf(b, fmt, ap);
+	va_end(ap);
 	return rc;
 }
 
