@@ -5,9 +5,11 @@ Everything is checked where it ends up: bytes and object listings on the
 server with the independent client (m.client), records as xattrs, and the
 CLI's answers.  States are polled with deadlines; no duration is asserted.
 """
+import io
 import json
 import os
 import re
+import tarfile
 import time
 import zlib
 
@@ -311,6 +313,11 @@ def make_file(m, name, seed):
     return data
 
 
+def check_file(m, name, key, data, scratch):
+    assert m.completed(name).read_bytes() == data
+    check_archive(m.client.get_object(m.bucket, key), name, data, MODE, MTIME, scratch)
+
+
 def make_dir(m, name, seed):
     os.mkdir(m.pending(name))
     data = data_of(SMALL, seed)
@@ -318,14 +325,24 @@ def make_dir(m, name, seed):
     return data
 
 
-KINDS = {"file": make_file, "directory": make_dir}
+def check_dir(m, name, key, data, scratch):
+    assert (m.completed(name) / "inside.bin").read_bytes() == data
+    blob = m.client.get_object(m.bucket, key)
+    with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tf:
+        assert set(tf.getnames()) == {name, f"{name}/inside.bin"}
+        assert sha256(tf.extractfile(f"{name}/inside.bin").read()) == sha256(data)
+
+
+# kind -> (make it in pending/, check completed/ and the object at a key)
+KINDS = {"file": (make_file, check_file), "directory": (make_dir, check_dir)}
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_rename_back_uploads_again(mount, tmp_path, kind):
+    make, check = KINDS[kind]
     m = mount({"dir_settle": "0.5"})
     name = "again.bin" if kind == "file" else "album"
-    data = KINDS[kind](m, name, 7)
+    data = make(m, name, 7)
     m.wait_completed(name)
     first = getfattr(m.completed(name))
     assert first["user.mgmt.s3_object_key"] == m.key(name)
@@ -336,22 +353,19 @@ def test_rename_back_uploads_again(mount, tmp_path, kind):
 
     second_key = f"{m.prefix}/{name}_1.tar.gz"
     fields = getfattr(m.completed(name))
-    # a rename back is an explicit "upload it again": not a duplicate
+    # `mv completed/X pending/` is an explicit "upload it again": not a duplicate
     assert fields["user.mgmt.status"] == "completed", (fields, objects(m))
     assert fields["user.mgmt.s3_object_key"] == second_key, fields
     assert fields["user.mgmt.id"] != first["user.mgmt.id"], fields
     assert fields["user.mgmt.checksum"] == first["user.mgmt.checksum"]
+    assert fields["user.mgmt.completed_path"] == f"completed/{name}"
     assert objects(m) == sorted([m.key(name), second_key])
-    assert m.client.get_object(m.bucket, second_key) == \
-        m.client.get_object(m.bucket, m.key(name)) or kind == "directory"
-    if kind == "file":
-        assert m.completed(name).read_bytes() == data
-        check_archive(m.client.get_object(m.bucket, second_key), name, data, MODE, MTIME,
-                      tmp_path / "x")
-    else:
-        assert (m.completed(name) / "inside.bin").read_bytes() == data
+    assert uploads_under(m) == []
+    check(m, name, m.key(name), data, tmp_path / "first")
+    check(m, name, second_key, data, tmp_path / "second")
     assert not os.path.lexists(m.pending(name))
-    assert len(cli_json(m, "list")) == 2
+    assert sorted(r["s3_object_key"] for r in cli_json(m, "list")) == \
+        sorted([m.key(name), second_key])
 
 
 # ---- 6. duplicate content ------------------------------------------------------------

@@ -162,3 +162,30 @@ def test_kill9_after_record_before_move(fault_proxy, mount, tmp_path):
     assert not after.find("PUT") and not after.find("POST"), "uploaded again after the crash"
     assert_uploaded_once(m, name, data, tmp_path / "check")
     assert "recovered: moved 'pending/" + name in m.log()
+
+
+def test_unmount_mid_upload_then_resume(fault_proxy, mount, tmp_path):
+    """Unmounting while parts are in flight stops cleanly (exit 0, nothing
+    aborted); the next mount resumes the same upload with the missing parts."""
+    m = mount(proxied(fault_proxy, stall_seconds=HOLD))
+    name = "reel.bin"
+    fault_proxy.set_rules([{"fault": f"stall:{HOLD}", "match": part_line([3, 4])}])
+    data = data_of(MULTI_SIZE, 13)
+    write_file(m.pending(name), data)
+    fault_proxy.wait_for("parts 3 and 4 held",
+                         lambda lg: len(lg.held("PUT", r"\?partNumber=[34]&")) == 2)
+    errors = m.stop()
+    assert errors == [], "\n".join(errors)
+    assert not fault_proxy.log().find("DELETE", r"\?uploadId="), "aborted at unmount"
+    (key, upload_id), = uploads_under(m)
+    had = set(list_parts(m.client, m.bucket, key, upload_id))
+    assert had == {1, 2}
+
+    fault_proxy.set_rules([])
+    mark = fault_proxy.mark()
+    restart(m)
+    m.wait_completed(name)
+    after = fault_proxy.log(mark)
+    assert not after.find("POST", r"\?uploads=$"), "a new upload instead of resuming"
+    assert set(after.part_numbers()) == set(range(3, max(after.part_numbers()) + 1))
+    assert_uploaded_once(m, name, data, tmp_path / "check")
