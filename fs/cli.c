@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/xattr.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/log.h"
@@ -37,6 +38,7 @@ struct cli {
 	const char *cmd;
 	int json;
 	int failed;
+	int watch;
 	int status;		/* -1: all */
 	int64_t since;
 	const char *local_dir;
@@ -413,23 +415,36 @@ static int stats_cb(const struct store_record *rec, void *arg)
 static int status_cb(const struct store_record *rec, void *arg)
 {
 	struct stats *s = arg;
-	char prog[64] = "", path[PATH_MAX + 64], size[32];
+	char prog[64] = "", path[PATH_MAX + 64], size[32], rate_s[32] = "-", eta_s[32] = "-";
+	unsigned long long done = 0, total = 0;
+	double secs;
 	ssize_t n;
 
 	if (rec->status != STORE_QUEUED && rec->status != STORE_UPLOADING)
 		return 0;
+	/* bytes done live in the daemon: ask the mount (user.mgmt.progress) */
 	if (s->c->mnt[0]) {
 		snprintf(path, sizeof(path), "%s/%s", s->c->mnt, rec->original_path);
 		n = getxattr(path, "user.mgmt.progress", prog, sizeof(prog) - 1);
 		prog[n > 0 ? n : 0] = '\0';
+		if (sscanf(prog, "%llu/%llu", &done, &total) != 2)
+			done = total = 0;
+	}
+	secs = (double)(time(NULL) - rec->started_at);
+	if (rec->status == STORE_UPLOADING && done && secs > 0) {
+		double rate = (double)done / secs;
+
+		human_size((uint64_t)rate, rate_s, sizeof(rate_s));
+		snprintf(rate_s + strlen(rate_s), sizeof(rate_s) - strlen(rate_s), "/s");
+		snprintf(eta_s, sizeof(eta_s), "%.0fs", (double)(total - done) / rate);
 	}
 	human_size(rec->original_size, size, sizeof(size));
 	if (s->c->json) {
 		fputs(s->shown ? ",\n  " : "\n  ", stdout);
 		print_json(rec);
 	} else {
-		printf("%-6llu %-10s %8s  %-22s %s\n", (unsigned long long)rec->id,
-		       store_status_name(rec->status), size, prog[0] ? prog : "-",
+		printf("%-6llu %-10s %8s  %-22s %10s %6s  %s\n", (unsigned long long)rec->id,
+		       store_status_name(rec->status), size, prog[0] ? prog : "-", rate_s, eta_s,
 		       rec->original_path);
 	}
 	s->shown++;
@@ -448,8 +463,8 @@ static int cmd_status(struct cli *c, int stats_only)
 		if (c->json)
 			fputs("{\"units\": [", stdout);
 		else
-			printf("%-6s %-10s %8s  %-22s %s\n", "ID", "STATUS", "SIZE", "PROGRESS",
-			       "PATH");
+			printf("%-6s %-10s %8s  %-22s %10s %6s  %s\n", "ID", "STATUS", "SIZE",
+			       "PROGRESS", "RATE", "ETA", "PATH");
 		store_list(c->st, -1, status_cb, &s);
 		if (c->json)
 			printf("%s], ", s.shown ? "\n" : "");
@@ -505,7 +520,8 @@ static void cli_help(const char *cmd)
 	else if (!strcmp(cmd, "retry"))
 		printf("PATH...|--failed [--local-dir DIR]\nqueue failed uploads again\n");
 	else if (!strcmp(cmd, "status"))
-		printf("[--json] [--local-dir DIR]\nthe queue now, with progress; totals\n");
+		printf("[--watch] [--json] [--local-dir DIR]\nthe queue now, with progress; totals "
+		       "(--watch: again every second)\n");
 	else if (!strcmp(cmd, "stats"))
 		printf("[--json] [--local-dir DIR]\ncounts, bytes, compression ratio\n");
 	else
@@ -550,6 +566,8 @@ int cli_main(int argc, char **argv)
 			c.json = 1;
 		} else if (!strcmp(a, "--failed") && !strcmp(c.cmd, "retry")) {
 			c.failed = 1;
+		} else if (!strcmp(a, "--watch") && !strcmp(c.cmd, "status")) {
+			c.watch = 1;
 		} else if ((!strcmp(a, "--status") || !strcmp(a, "--since") ||
 			    !strcmp(a, "--local-dir")) &&
 			   i + 1 >= argc) {
@@ -603,6 +621,15 @@ int cli_main(int argc, char **argv)
 		ret = cmd_show(&c);
 	else if (!strcmp(c.cmd, "retry"))
 		ret = cmd_retry(&c);
+	else if (!strcmp(c.cmd, "status") && c.watch)
+		for (;;) {	/* until interrupted, like watch(1) */
+			fputs("\033[H\033[2J", stdout);
+			ret = cmd_status(&c, 0);
+			fflush(stdout);
+			if (ret)
+				break;
+			sleep(1);
+		}
 	else if (!strcmp(c.cmd, "status"))
 		ret = cmd_status(&c, 0);
 	else if (!strcmp(c.cmd, "stats"))
