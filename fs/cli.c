@@ -520,12 +520,12 @@ static void cli_help(const char *cmd)
 	else if (!strcmp(cmd, "retry"))
 		printf("PATH...|--failed [--local-dir DIR]\nqueue failed uploads again\n");
 	else if (!strcmp(cmd, "status"))
-		printf("[--watch] [--json] [--local-dir DIR]\nthe queue now, with progress; totals "
+		printf("[MOUNTPOINT] [--watch] [--json] [--local-dir DIR]\nthe queue now, with progress; totals "
 		       "(--watch: again every second)\n");
 	else if (!strcmp(cmd, "stats"))
-		printf("[--json] [--local-dir DIR]\ncounts, bytes, compression ratio\n");
+		printf("[MOUNTPOINT] [--json] [--local-dir DIR]\ncounts, bytes, compression ratio\n");
 	else
-		printf("[--local-dir DIR]\n%s uploads on a live mount\n",
+		printf("[MOUNTPOINT] [--local-dir DIR]\n%s uploads on a live mount\n",
 		       !strcmp(cmd, "hold") ? "pause" : "resume");
 }
 
@@ -599,7 +599,9 @@ int cli_main(int argc, char **argv)
 			args[c.nargs++] = argv[i];
 		}
 	}
-	if (c.nargs && strcmp(c.cmd, "show") && strcmp(c.cmd, "retry")) {
+	/* hold, resume, status and stats take one optional PATH: which mount */
+	if (c.nargs && strcmp(c.cmd, "show") && strcmp(c.cmd, "retry") &&
+	    (c.nargs > 1 || !strcmp(c.cmd, "list"))) {
 		ret = usage_error("unexpected argument '%s'", c.args[0]);
 		goto out;
 	}

@@ -67,6 +67,7 @@ struct unit {
 	double due;		/* monotonic seconds */
 	int again;		/* changed while running: schedule again after */
 	int gone;		/* left pending/ while running */
+	int upload_again;	/* moved back from completed/: upload even if a copy exists */
 	atomic_int cancel;
 	_Atomic uint64_t done, total;
 	struct unit *next;	/* the table */
@@ -233,7 +234,7 @@ static void ready_remove(struct engine *e, struct unit *u)
 }
 
 /* Schedule @name (record @id) after @delay.  Caller holds e->lock. */
-static int unit_schedule(struct engine *e, const char *name, uint64_t id, double delay)
+static int unit_schedule(struct engine *e, const char *name, uint64_t id, double delay, int again)
 {
 	struct unit *u = unit_find(e, name);
 
@@ -248,6 +249,7 @@ static int unit_schedule(struct engine *e, const char *name, uint64_t id, double
 		u->state = U_WAITING;
 	}
 	u->id = id;
+	u->upload_again |= again;
 	if (u->state == U_RUNNING) {
 		u->again = 1;
 		u->gone = 0;
@@ -281,7 +283,7 @@ static int requeue_fn(struct store_record *rec, void *arg)
 	return 0;
 }
 
-int engine_unit_changed(struct engine *e, const char *name)
+static int unit_changed(struct engine *e, const char *name, int again)
 {
 	struct store_record *rec = NULL;
 	char rel[PATH_MAX], path[PATH_MAX];
@@ -325,9 +327,19 @@ int engine_unit_changed(struct engine *e, const char *name)
 		return rc;
 	}
 	pthread_mutex_lock(&e->lock);
-	rc = unit_schedule(e, name, id, dir ? e->cfg->dir_settle : e->cfg->settle);
+	rc = unit_schedule(e, name, id, dir ? e->cfg->dir_settle : e->cfg->settle, again);
 	pthread_mutex_unlock(&e->lock);
 	return rc;
+}
+
+int engine_unit_changed(struct engine *e, const char *name)
+{
+	return unit_changed(e, name, 0);
+}
+
+int engine_unit_again(struct engine *e, const char *name)
+{
+	return unit_changed(e, name, 1);
 }
 
 struct werr_arg {
@@ -817,7 +829,7 @@ static int upload_multi(struct engine *e, struct s3_client *c, struct unit *u,
 	unsigned char *buf = first;
 	size_t len = first_len, cap = 0;
 	uint32_t partno = 0;
-	char want[S3_ETAG_MAX];
+	char want[S3_ETAG_MAX], sha[65];
 	uint64_t total = 0;
 	int rc = 0;
 
@@ -972,6 +984,22 @@ static int upload_multi(struct engine *e, struct s3_client *c, struct unit *u,
 		goto out;
 	r->out = total;
 	s3_multipart_etag((const unsigned char(*)[16])j.md5s, partno, want);
+	/*
+	 * Only now is the checksum known: the same content already in the
+	 * bucket makes this a duplicate, and the parts sent are dropped.
+	 */
+	if (!j.dry && !u->upload_again && arc_stream_sha256(as, sha) == 0) {
+		char key[STORE_KEY_MAX];
+
+		snprintf(r->checksum, sizeof(r->checksum), "sha256:%s", sha);
+		snprintf(key, sizeof(key), "%s", r->key);	/* r->key becomes the copy's */
+		if (find_duplicate(e, c, u->id, r->checksum, r)) {
+			s3_mpu_abort(c, key, r->upload_id);
+			r->upload_id[0] = '\0';
+			r->resumable = 0;
+			goto out;
+		}
+	}
 	if (j.dry) {
 		rc = s3_head_object(c, r->key, &info);
 		r->upload_id[0] = '\0';
@@ -1136,7 +1164,7 @@ static int upload_unit(struct engine *e, struct s3_client *c, struct unit *u,
 		rc = check_unchanged(u, fd, &st);
 		if (rc)
 			goto out;
-		if (find_duplicate(e, c, u->id, r->checksum, r))
+		if (!u->upload_again && find_duplicate(e, c, u->id, r->checksum, r))
 			goto out;
 		rc = upload_single(e, c, u, name, buf, (size_t)n, meta, nmeta, r);
 		if (rc && !r->error[0])
@@ -1260,6 +1288,9 @@ static void finish_ok(struct engine *e, struct unit *u, const char *name, struct
 	if (rc)
 		mgmtfs_err("uploaded 'pending/%s' as '%s' but cannot move it to completed/: %s",
 			   name, r->key, mgmtfs_strerror(rc, eb, sizeof(eb)));
+	else if (r->status == STORE_DUPLICATE)
+		mgmtfs_info("'pending/%s' has the same content as s3://%s/%s: not uploaded again",
+			    name, e->cfg->bucket, r->key);
 	else
 		mgmtfs_info("uploaded 'pending/%s' as s3://%s/%s", name, e->cfg->bucket, r->key);
 }
@@ -1430,7 +1461,7 @@ static int rescan_cb(const struct store_record *rec, void *arg)
 		return 0;	/* handled by recovery: the file is gone */
 	pthread_mutex_lock(&e->lock);
 	if (!unit_find(e, name))
-		unit_schedule(e, name, rec->id, s->recover ? 0 : e->cfg->settle);
+		unit_schedule(e, name, rec->id, s->recover ? 0 : e->cfg->settle, 0);
 	pthread_mutex_unlock(&e->lock);
 	return 0;
 }

@@ -98,6 +98,10 @@ void engine_unit_touched(struct engine *e, const char *name, int gone);
  */
 void engine_unit_write_failed(struct engine *e, const char *name, int err);
 
+/* As engine_unit_changed, for a unit moved back from completed/: it is
+ * uploaded again even though the bucket has the same content. */
+int engine_unit_again(struct engine *e, const char *name);
+
 /* Bytes done / total of the unit's upload in flight; 0 or -ENOENT. */
 int engine_progress(struct engine *e, uint64_t id, uint64_t *done, uint64_t *total);
 

@@ -779,7 +779,10 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 	/* the unit that lost an entry changed, and the one that got it */
 	if (a_from == AREA_PENDING && unit_from[0] && parent != fs->pending->ino)
 		engine_unit_changed(fs->eng, unit_from);
-	if (unit_to[0] && !fs_unit_writers(fs, unit_to))
+	/* "rename back into pending/ (uploads it again)": not a duplicate of itself */
+	if (unit_to[0] && a_from == AREA_COMPLETED && newparent == fs->pending->ino)
+		engine_unit_again(fs->eng, unit_to);
+	else if (unit_to[0] && !fs_unit_writers(fs, unit_to))
 		engine_unit_changed(fs->eng, unit_to);
 	if ((flags & RENAME_EXCHANGE) && parent == fs->pending->ino &&
 	    !fs_unit_writers(fs, unit_from))

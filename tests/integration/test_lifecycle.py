@@ -354,7 +354,7 @@ def test_rename_back_uploads_again(mount, tmp_path, kind):
     second_key = f"{m.prefix}/{name}_1.tar.gz"
     fields = getfattr(m.completed(name))
     # `mv completed/X pending/` is an explicit "upload it again": not a duplicate
-    assert fields["user.mgmt.status"] == "completed", (fields, objects(m))
+    assert fields["user.mgmt.status"] == "completed", f"record {fields}; objects {objects(m)}"
     assert fields["user.mgmt.s3_object_key"] == second_key, fields
     assert fields["user.mgmt.id"] != first["user.mgmt.id"], fields
     assert fields["user.mgmt.checksum"] == first["user.mgmt.checksum"]
@@ -386,7 +386,7 @@ def test_duplicate_content_is_not_uploaded_again(mount, tmp_path, size):
     wait_landed(m, "copy.bin")
 
     fields = getfattr(m.completed("copy.bin"))
-    assert fields["user.mgmt.status"] == "duplicate", (fields, objects(m))
+    assert fields["user.mgmt.status"] == "duplicate", f"record {fields}; objects {objects(m)}"
     assert fields["user.mgmt.s3_object_key"] == key, fields
     assert fields["user.mgmt.checksum"] == "sha256:" + sha256(data)
     assert fields["user.mgmt.original_path"] == "pending/copy.bin"
