@@ -29,7 +29,7 @@ static const char usage_text[] =
 	"       mgmtfs list [--status S] [--json] [--local-dir DIR]\n"
 	"       mgmtfs show PATH|ID [--json] [--local-dir DIR]\n"
 	"       mgmtfs retry PATH...|--failed [--local-dir DIR]\n"
-	"       mgmtfs status | stats | hold | resume [--local-dir DIR]\n"
+	"       mgmtfs status [--watch] | stats | hold | resume [MOUNTPOINT] [--local-dir DIR]\n"
 	"\n"
 	"Copy a file into MOUNTPOINT/pending/: it is compressed, uploaded to S3 and\n"
 	"moved to MOUNTPOINT/completed/; its record is shown by getfattr -d.\n"
