@@ -1538,6 +1538,31 @@ static int collect_active(const struct store_record *rec, void *arg)
 	return 0;
 }
 
+/*
+ * Units whose file left pending/ while no daemon ran (removed from the
+ * backing directory): their records go, and so do their multipart uploads,
+ * so that the records and the filesystem agree.  Each is dropped from @o
+ * (its upload is no longer owned).
+ */
+static void forget_gone(struct engine *e, struct orphan_arg *o, struct s3_client *c)
+{
+	char path[PATH_MAX];
+	struct stat st;
+
+	for (size_t i = 0; i < o->n; i++) {
+		struct store_record *rec = o->recs[i];
+
+		if (backing_pending(e, rec->original_path + 8, path, sizeof(path)) ||
+		    lstat(path, &st) == 0 || errno != ENOENT)
+			continue;
+		if (rec->upload_id[0])
+			s3_mpu_abort(c, rec->s3_object_key, rec->upload_id);
+		mgmtfs_info("'%s' is gone: its queue entry is dropped", rec->original_path);
+		store_delete(e->fs->st, rec->id);
+		rec->upload_id[0] = '\0';
+	}
+}
+
 struct orphan_scan {
 	struct engine *e;
 	struct orphan_arg *o;
@@ -1581,6 +1606,7 @@ static void abort_orphans(struct engine *e)
 	store_list(e->fs->st, STORE_UPLOADING, collect_active, &o);
 	store_list(e->fs->st, STORE_FAILED, collect_active, &o);
 	if (o.n && !s3_client_new(&e->s3cfg, &os.c)) {
+		forget_gone(e, &o, os.c);
 		s3_mpu_list(os.c, e->cfg->prefix, orphan_cb, &os);
 		s3_client_free(os.c);
 	}

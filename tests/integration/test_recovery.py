@@ -7,6 +7,7 @@ server already has (part PUTs counted in the proxy's log, parts listed on the
 server by the independent client), leave no incomplete multipart upload, and
 produce one whole object.
 """
+import json
 import os
 import re
 import subprocess
@@ -189,3 +190,26 @@ def test_unmount_mid_upload_then_resume(fault_proxy, mount, tmp_path):
     assert not after.find("POST", r"\?uploads=$"), "a new upload instead of resuming"
     assert set(after.part_numbers()) == set(range(3, max(after.part_numbers()) + 1))
     assert_uploaded_once(m, name, data, tmp_path / "check")
+
+
+def test_unit_removed_while_down_is_forgotten(fault_proxy, mount):
+    """A queued multipart upload whose file is removed from the backing
+    directory while no daemon runs: the next mount drops its record and
+    aborts its upload, so records, files and bucket agree."""
+    m = mount(proxied(fault_proxy, stall_seconds=HOLD))
+    name = "gone.bin"
+    fault_proxy.set_rules([{"fault": f"stall:{HOLD}", "match": part_line([1, 2])}])
+    write_file(m.pending(name), data_of(MULTI_SIZE, 14))
+    fault_proxy.wait_for("parts 1 and 2 held",
+                         lambda lg: len(lg.held("PUT", r"\?partNumber=[12]&")) == 2)
+    crash(m)
+    fault_proxy.set_rules([])
+    assert len(uploads_under(m)) == 1
+    os.unlink(m.local / "pending" / name)
+
+    restart(m)
+    deadline = time.monotonic() + 30
+    while uploads_under(m) or json.loads(m.cli("list", "--json").stdout):
+        assert time.monotonic() < deadline, m.log()
+        time.sleep(0.1)
+    assert m.client.list_objects(m.bucket, m.prefix + "/") == []
