@@ -1311,6 +1311,16 @@ static int final_error(int rc)
 	}
 }
 
+static int engine_stopping(struct engine *e)
+{
+	int stopping;
+
+	pthread_mutex_lock(&e->lock);
+	stopping = e->stopping;
+	pthread_mutex_unlock(&e->lock);
+	return stopping;
+}
+
 static void run_unit(struct engine *e, struct s3_client *c, struct unit *u)
 {
 	struct store_record *rec = malloc(sizeof(*rec));
@@ -1330,17 +1340,29 @@ static void run_unit(struct engine *e, struct s3_client *c, struct unit *u)
 	r->status = STORE_COMPLETED;
 	mgmtfs_debug("uploading 'pending/%s' (record %llu)", name, (unsigned long long)u->id);
 	rc = upload_unit(e, c, u, rec, name, r);
+	/*
+	 * A write that came after the last check, while the object was being
+	 * completed: the object holds the earlier content, which the file no
+	 * longer has.  The file is not moved; it is uploaded again (the object
+	 * already there is never overwritten, so it goes to a new key).
+	 */
+	if (rc == 0 && atomic_load(&u->cancel) && !u->gone && !engine_stopping(e)) {
+		mgmtfs_info("'pending/%s' changed while its upload finished: uploading it again",
+			    name);
+		r->upload_id[0] = '\0';
+		r->error[0] = '\0';
+		fs_record_update(e->fs, u->id, fail_fn, &(struct fail_arg){ r, STORE_QUEUED });
+		pthread_mutex_lock(&e->lock);
+		u->again = 1;
+		pthread_mutex_unlock(&e->lock);
+		goto out;
+	}
 	if (rc == 0) {
 		finish_ok(e, u, name, r);
 		goto out;
 	}
 	if (rc == -ECANCELED) {
-		int stopping;
-
-		pthread_mutex_lock(&e->lock);
-		stopping = e->stopping;
-		pthread_mutex_unlock(&e->lock);
-		if (stopping) {
+		if (engine_stopping(e)) {
 			/* unmounting: keep the multipart upload; the next mount resumes it */
 			fs_record_update(e->fs, u->id, fail_fn,
 					 &(struct fail_arg){ r, STORE_QUEUED });
@@ -1351,11 +1373,11 @@ static void run_unit(struct engine *e, struct s3_client *c, struct unit *u)
 			s3_mpu_abort(c, r->key, r->upload_id);
 		r->upload_id[0] = '\0';
 		r->error[0] = '\0';
+		fs_record_update(e->fs, u->id, fail_fn, &(struct fail_arg){ r, STORE_QUEUED });
 		if (u->gone) {
-			forget_record(e, name);
+			forget_record(e, name);	/* its upload id is cleared: it can go */
 			goto out;
 		}
-		fs_record_update(e->fs, u->id, fail_fn, &(struct fail_arg){ r, STORE_QUEUED });
 		pthread_mutex_lock(&e->lock);
 		u->again = 1;
 		pthread_mutex_unlock(&e->lock);
