@@ -1404,30 +1404,26 @@ int fs_move_to_completed(struct fs *fs, const char *name, const char *dest)
 
 	snprintf(from, sizeof(from), "%s/pending/%s", fs->cfg->local_dir, name);
 	snprintf(to, sizeof(to), "%s/%s", fs->cfg->completed_dir, dest);
-	pthread_mutex_lock(&fs->lock);
+	/* on disk first, without the table's lock: a copy across filesystems takes time */
 	rc = renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) ? -errno : 0;
-	if (rc == -EXDEV) {
-		if (access(to, F_OK) == 0)
-			rc = -EEXIST;
-		else
-			rc = move_across(from, to);
-	}
-	if (rc == 0) {
-		n = name_get(fs, fs->pending, name);
-		if (n) {
-			node_detach(fs, n);
-			if (node_attach(fs, n, fs->completed, dest)) {
-				/* out of memory: the kernel will look it up again */
-				node_maybe_free(fs, n);
-			}
-		}
+	if (rc == -EXDEV)
+		rc = access(to, F_OK) == 0 ? -EEXIST : move_across(from, to);
+	if (rc)
+		return rc;
+	pthread_mutex_lock(&fs->lock);
+	n = name_get(fs, fs->pending, name);
+	if (n) {
+		node_detach(fs, n);
+		/* a lookup that raced with the move made its own node: keep that one */
+		if (name_get(fs, fs->completed, dest) || node_attach(fs, n, fs->completed, dest))
+			node_maybe_free(fs, n);
 	}
 	pthread_mutex_unlock(&fs->lock);
-	if (rc == 0 && fs->se) {
+	if (fs->se) {
 		fuse_lowlevel_notify_inval_entry(fs->se, fs->pending->ino, name, strlen(name));
 		fuse_lowlevel_notify_inval_entry(fs->se, fs->completed->ino, dest, strlen(dest));
 	}
-	return rc;
+	return 0;
 }
 
 /* ---- state ---------------------------------------------------------- */

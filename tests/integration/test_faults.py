@@ -5,6 +5,7 @@ independent client (one object, a tar.gz of exactly the bytes written, no
 multipart upload left behind).  Nothing here measures time.
 """
 import errno
+import json
 import os
 import re
 import subprocess
@@ -158,9 +159,11 @@ def diagnose(m, p, name):
             f"mgmtfs mounts:\n{''.join(mounts)}")
 
 
-def test_403_on_a_part_fails_at_once_and_aborts(fault_proxy, mount, s3, tmp_path):
+@pytest.mark.parametrize("again", ["retry-command", "write-again"])
+def test_403_on_a_part_fails_at_once_and_aborts(fault_proxy, mount, s3, tmp_path, again):
     """A 403 in the middle of a multipart upload: failed after one try of that
-    part, the multipart upload aborted; `mgmtfs retry --failed` completes it."""
+    part, the multipart upload aborted; `mgmtfs retry --failed`, or writing the
+    file again, completes it."""
     m = mount(proxied(fault_proxy))
     fault_proxy.set_rules([{"fault": "status:403:SignatureDoesNotMatch",
                             "match": r"PUT .*\?partNumber=3&"}])
@@ -179,10 +182,15 @@ def test_403_on_a_part_fails_at_once_and_aborts(fault_proxy, mount, s3, tmp_path
     assert m.client.list_objects(m.bucket, m.prefix + "/") == []
 
     fault_proxy.set_rules([])
-    p = m.cli("retry", "--failed")
-    assert p.returncode == 0, p.stderr.decode(errors="replace")
+    if again == "retry-command":
+        p = m.cli("retry", "--failed")
+        assert p.returncode == 0, p.stderr.decode(errors="replace")
+    else:
+        data = data_of(MULTI_SIZE, 7)
+        write_file(m.pending(name), data)
     m.wait_completed(name)
     assert_uploaded_once(m, name, data, tmp_path / "check")
+    assert get_xattr(m.completed(name), "user.mgmt.error") == "<ENODATA>"
 
 
 def test_write_during_upload_uploads_final_content(fault_proxy, mount, tmp_path):
@@ -210,6 +218,43 @@ def test_write_during_upload_uploads_final_content(fault_proxy, mount, tmp_path)
     assert lg.find("DELETE", r"\?uploadId=", 204), "the first multipart upload was not aborted"
     assert len(lg.find("POST", COMPLETE, 200)) == 1
     assert_uploaded_once(m, name, final, tmp_path / "check", mode=MODE)
+
+
+@pytest.mark.parametrize("change", ["unlink", "rename", "truncate"])
+def test_change_during_upload(fault_proxy, mount, tmp_path, change):
+    """Unlink, rename or truncate of a unit while its part 2 is on the wire:
+    the upload is cut and its multipart upload aborted; nothing of the old
+    content stays on the server; a renamed or truncated file goes up as it
+    is now."""
+    m = mount(proxied(fault_proxy))
+    fault_proxy.set_rules([{"fault": "stall:600", "match": r"PUT .*\?partNumber=2&",
+                            "first": 1}])
+    name = "moving.bin"
+    data = data_of(MULTI_SIZE, 8)
+    write_file(m.pending(name), data)
+    fault_proxy.wait_for("part 2 held", lambda lg: lg.held("PUT", PART.format(2)))
+
+    if change == "unlink":
+        os.unlink(m.pending(name))
+        deadline = time.monotonic() + WAIT
+        while uploads_under(m) or json.loads(m.cli("list", "--json").stdout):
+            assert time.monotonic() < deadline, m.log()
+            time.sleep(0.1)
+        assert m.client.list_objects(m.bucket, m.prefix + "/") == []
+        return
+    if change == "rename":
+        os.rename(m.pending(name), m.pending("moved.bin"))
+        name = "moved.bin"
+    else:
+        os.truncate(m.pending(name), 3 << 20)
+        os.utime(m.pending(name), (MTIME, MTIME))
+        data = data[:3 << 20]
+    m.wait_completed(name)
+    lg = fault_proxy.log()
+    assert lg.find("DELETE", r"\?uploadId=", 204), "the first multipart upload was not aborted"
+    assert_uploaded_once(m, name, data, tmp_path / "check")
+    assert [r["original_path"] for r in json.loads(m.cli("list", "--json").stdout)] == \
+        ["pending/" + name]
 
 
 def wait_refused(m, name, timeout=WAIT):
