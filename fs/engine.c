@@ -124,6 +124,7 @@ struct engine {
 	unsigned char **pool;	/* free part buffers of pool_size bytes, protected by pool_lock */
 	int npool, pool_max;
 	size_t pool_size;
+	atomic_int warm;	/* the pool was filled for a multipart upload once */
 	pthread_cond_t big_cond;
 	int started;
 };
@@ -544,6 +545,32 @@ static void buf_put(struct engine *e, unsigned char *b, size_t size)
 		pthread_mutex_unlock(&e->pool_lock);
 	}
 	free(b);
+}
+
+/*
+ * Before the first multipart upload, fill the pool with the buffers one
+ * upload may hold (parts_in_flight + 1), touched: the daemon's memory then
+ * does not creep up with how long an upload runs (a slow moment on the
+ * server that queues one more part), so a 4 GiB file costs what 1 GiB does.
+ */
+static void buf_warm(struct engine *e)
+{
+	int n = e->cfg->parts_in_flight + 1;
+	unsigned char **held;
+
+	if (atomic_exchange(&e->warm, 1))
+		return;
+	held = calloc((size_t)n, sizeof(*held));
+	if (!held)
+		return;
+	for (int i = 0; i < n; i++) {
+		held[i] = buf_get(e, e->pool_size);
+		if (held[i])
+			memset(held[i], 0, e->pool_size);
+	}
+	for (int i = 0; i < n; i++)
+		buf_put(e, held[i], e->pool_size);
+	free(held);
 }
 
 /* ---- part senders ------------------------------------------------------- */
@@ -1134,8 +1161,10 @@ static int upload_unit(struct engine *e, struct s3_client *c, struct unit *u,
 	atomic_store(&u->total, total);
 	part_size = part_size_for(e->cfg, total);
 	big = total >= part_size;
-	if (big)
+	if (big) {
 		big_slot(e, 1);
+		buf_warm(e);
+	}
 	/* one byte more than a part: a stream of exactly one part is one PUT */
 	buf = buf_get(e, part_size + 1);
 	if (!buf) {
