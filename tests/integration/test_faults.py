@@ -188,6 +188,11 @@ def test_403_on_a_part_fails_at_once_and_aborts(fault_proxy, mount, s3, tmp_path
     else:
         data = data_of(MULTI_SIZE, 7)
         write_file(m.pending(name), data)
+        # the kernel sends the release after close() returned: until then it is failed
+        deadline = time.monotonic() + WAIT
+        while get_status(m.pending(name)) == "failed":
+            assert time.monotonic() < deadline, "writing it again did not queue it"
+            time.sleep(0.02)
     m.wait_completed(name)
     assert_uploaded_once(m, name, data, tmp_path / "check")
     assert get_xattr(m.completed(name), "user.mgmt.error") == "<ENODATA>"
