@@ -5,7 +5,7 @@
 # Debian packages, by what needs them (strings: scripts/bench uses them too).
 PKGS_BUILD="cmake make gcc pkg-config libfuse3-dev libcurl4-openssl-dev libssl-dev zlib1g-dev liblmdb-dev"
 PKGS_RUN="fuse3 attr curl python3 ca-certificates"
-PKGS_TEST="libcmocka-dev python3-pytest tar"
+PKGS_TEST="libcmocka-dev python3-pytest tar btrfs-progs util-linux mount e2fsprogs"
 PKGS_S3="ceph-mon ceph-osd radosgw ceph-common"
 
 # The system python (the one python3-pytest installs into), not a pyenv shim.
