@@ -1350,6 +1350,23 @@ static int engine_stopping(struct engine *e)
 	return stopping;
 }
 
+/*
+ * Start the unit again from scratch later: abort its multipart upload if
+ * any (the object must never mix old and new bytes), record it queued, and
+ * have the worker schedule it once more.
+ */
+static void requeue(struct engine *e, struct s3_client *c, struct unit *u, struct result *r)
+{
+	if (r->upload_id[0])
+		s3_mpu_abort(c, r->key, r->upload_id);
+	r->upload_id[0] = '\0';
+	r->error[0] = '\0';
+	fs_record_update(e->fs, u->id, fail_fn, &(struct fail_arg){ r, STORE_QUEUED });
+	pthread_mutex_lock(&e->lock);
+	u->again = 1;
+	pthread_mutex_unlock(&e->lock);
+}
+
 static void run_unit(struct engine *e, struct s3_client *c, struct unit *u)
 {
 	struct store_record *rec = malloc(sizeof(*rec));
@@ -1378,12 +1395,8 @@ static void run_unit(struct engine *e, struct s3_client *c, struct unit *u)
 	if (rc == 0 && atomic_load(&u->cancel) && !u->gone && !engine_stopping(e)) {
 		mgmtfs_info("'pending/%s' changed while its upload finished: uploading it again",
 			    name);
-		r->upload_id[0] = '\0';
-		r->error[0] = '\0';
-		fs_record_update(e->fs, u->id, fail_fn, &(struct fail_arg){ r, STORE_QUEUED });
-		pthread_mutex_lock(&e->lock);
-		u->again = 1;
-		pthread_mutex_unlock(&e->lock);
+		r->upload_id[0] = '\0';	/* completed: nothing to abort */
+		requeue(e, c, u, r);
 		goto out;
 	}
 	if (rc == 0) {
@@ -1397,31 +1410,15 @@ static void run_unit(struct engine *e, struct s3_client *c, struct unit *u)
 					 &(struct fail_arg){ r, STORE_QUEUED });
 			goto out;
 		}
-		/* changed or deleted during the upload: the object must not mix old and new */
-		if (r->upload_id[0])
-			s3_mpu_abort(c, r->key, r->upload_id);
-		r->upload_id[0] = '\0';
-		r->error[0] = '\0';
-		fs_record_update(e->fs, u->id, fail_fn, &(struct fail_arg){ r, STORE_QUEUED });
-		if (u->gone) {
+		/* changed or deleted during the upload */
+		requeue(e, c, u, r);
+		if (u->gone)
 			forget_record(e, name);	/* its upload id is cleared: it can go */
-			goto out;
-		}
-		pthread_mutex_lock(&e->lock);
-		u->again = 1;
-		pthread_mutex_unlock(&e->lock);
 		goto out;
 	}
 	if (rc == -EEXIST) {
 		/* the key was taken just before completing: start again under a new name */
-		if (r->upload_id[0])
-			s3_mpu_abort(c, r->key, r->upload_id);
-		r->upload_id[0] = '\0';
-		r->error[0] = '\0';
-		fs_record_update(e->fs, u->id, fail_fn, &(struct fail_arg){ r, STORE_QUEUED });
-		pthread_mutex_lock(&e->lock);
-		u->again = 1;
-		pthread_mutex_unlock(&e->lock);
+		requeue(e, c, u, r);
 		goto out;
 	}
 	/* failed for good: abort the multipart upload, say why in words */
