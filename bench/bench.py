@@ -135,6 +135,20 @@ def fresh_prefix(tag, r):
     return f"{tag}-{STAMP}-r{r}"
 
 
+
+def upload_job(tag, nobjects, run):
+    """A measurement: run(prefix) -> seconds, uploading into a fresh prefix
+    that must then hold @nobjects objects; the prefix is emptied after."""
+    def f(r):
+        p = fresh_prefix(tag, r)
+        try:
+            dt = run(p)
+            expect_objects(p, nobjects)
+            return dt
+        finally:
+            s3rm(p)
+    return f
+
 def wait_mount(path, proc=None, secs=20):
     end = time.monotonic() + secs
     while time.monotonic() < end:
@@ -492,15 +506,7 @@ def big_uncompressed():
                                     compression="none"), mgmtfs=True)
 
     def s3job(tag, cmdf):
-        def f(r):
-            p = fresh_prefix(tag, r)
-            try:
-                dt = timed(cmdf(p))
-                expect_objects(p, 1)
-                return dt
-            finally:
-                s3rm(p)
-        return f
+        return upload_job(tag, 1, lambda p: timed(cmdf(p)))
     t.add("curl", "curl -T (raw PUT, UNSIGNED-PAYLOAD)",
           s3job("bigu-curl", lambda p: f"{PY} {HERE}/s3put.py curl {q(BIG)} /{BUCKET}/{p}/big.bin"),
           ref="m")
@@ -511,16 +517,8 @@ def big_uncompressed():
           s3job("bigu-aws", lambda p: f"{AWS} s3 cp {q(BIG)} s3://{BUCKET}/{p}/big.bin"),
           ref="m")
     s3fs = S3fs()
-
-    def s3fs_big(r):
-        p = fresh_prefix("bigu-s3fs", r)
-        try:
-            dt = s3fs_cp(s3fs, BIG, p)
-            expect_objects(p, 1)
-            return dt
-        finally:
-            s3rm(p)
-    t.add("s3fs", "cp into s3fs mount", s3fs_big, ref="m")
+    t.add("s3fs", "cp into s3fs mount",
+          upload_job("bigu-s3fs", 1, lambda p: s3fs_cp(s3fs, BIG, p)), ref="m")
     t.add("rclone", "rclone copy",
           s3job("bigu-rclone", lambda p: f"{RCLONE} copy {q(BIG)} rgw:{BUCKET}/{p}/"),
           ref="m")
@@ -564,15 +562,7 @@ def small():
     t.add("m", "mgmtfs", m, mgmtfs=True)
 
     def s3job(tag, cmdf):
-        def f(r):
-            p = fresh_prefix(tag, r)
-            try:
-                dt = timed(cmdf(p))
-                expect_objects(p, n)
-                return dt
-            finally:
-                s3rm(p)
-        return f
+        return upload_job(tag, n, lambda p: timed(cmdf(p)))
     t.add("py4", "4 raw PUT streams (s3put.py dir --threads 4)",
           s3job("small-py4", lambda p: f"{PY} {HERE}/s3put.py dir {q(SMALL)} /{BUCKET}/{p} --threads 4"),
           ref="m")
@@ -583,16 +573,9 @@ def small():
           s3job("small-rclone", lambda p: f"{RCLONE} copy {q(SMALL)} rgw:{BUCKET}/{p}/"),
           ref="m")
     s3fs = S3fs()
-
-    def s3fs_small(r):
-        p = fresh_prefix("small-s3fs", r)
-        try:
-            dt = s3fs_cp(s3fs, SMALL, p, recursive=True)
-            expect_objects(p, n)
-            return dt
-        finally:
-            s3rm(p)
-    t.add("s3fs", "cp -r into s3fs mount", s3fs_small, ref="m")
+    t.add("s3fs", "cp -r into s3fs mount",
+          upload_job("small-s3fs", n, lambda p: s3fs_cp(s3fs, SMALL, p, recursive=True)),
+          ref="m")
     with s3fs:
         t.measure()
     t.target("mgmtfs ≥ 1.3 × faster than rclone copy", "rclone", "m", ">=", 1.3,
