@@ -198,16 +198,22 @@ def test_403_on_a_part_fails_at_once_and_aborts(fault_proxy, mount, s3, tmp_path
     assert get_xattr(m.completed(name), "user.mgmt.error") == "<ENODATA>"
 
 
-def test_write_during_upload_uploads_final_content(fault_proxy, mount, tmp_path):
-    """A write into the file while its part 2 is on the wire: the upload is
-    cut and aborted, and the object holds only the content after the write."""
+def upload_held_at_part_2(fault_proxy, mount, name, seed):
+    """Mount, drop pending/@name (multipart) and hold its part 2 on the wire."""
     m = mount(proxied(fault_proxy))
     fault_proxy.set_rules([{"fault": "stall:600", "match": r"PUT .*\?partNumber=2&",
                             "first": 1}])
-    name = "growing.bin"
-    first = data_of(MULTI_SIZE, 5)
-    write_file(m.pending(name), first)
+    data = data_of(MULTI_SIZE, seed)
+    write_file(m.pending(name), data)
     fault_proxy.wait_for("part 2 held", lambda lg: lg.held("PUT", PART.format(2)))
+    return m, data
+
+
+def test_write_during_upload_uploads_final_content(fault_proxy, mount, tmp_path):
+    """A write into the file while its part 2 is on the wire: the upload is
+    cut and aborted, and the object holds only the content after the write."""
+    name = "growing.bin"
+    m, first = upload_held_at_part_2(fault_proxy, mount, name, 5)
     assert get_status(m.pending(name)) == "uploading"
 
     final = data_of(1 << 20, 6) + first[1 << 20:] + b"appended while uploading"
@@ -231,13 +237,8 @@ def test_change_during_upload(fault_proxy, mount, tmp_path, change):
     the upload is cut and its multipart upload aborted; nothing of the old
     content stays on the server; a renamed or truncated file goes up as it
     is now."""
-    m = mount(proxied(fault_proxy))
-    fault_proxy.set_rules([{"fault": "stall:600", "match": r"PUT .*\?partNumber=2&",
-                            "first": 1}])
     name = "moving.bin"
-    data = data_of(MULTI_SIZE, 8)
-    write_file(m.pending(name), data)
-    fault_proxy.wait_for("part 2 held", lambda lg: lg.held("PUT", PART.format(2)))
+    m, data = upload_held_at_part_2(fault_proxy, mount, name, 8)
 
     if change == "unlink":
         os.unlink(m.pending(name))

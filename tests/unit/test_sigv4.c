@@ -1,6 +1,6 @@
 /*
- * test_sigv4.c - SigV4 known answers: AWS's four published S3 examples
- * (see /work/shared/ref/sigv4-vectors.md), each step of the first one, and
+ * test_sigv4.c - SigV4 known answers: AWS's four published S3 signing
+ * examples, each step of the first one, and
  * the S3 URI encoding of awkward keys.
  */
 #include <errno.h>
