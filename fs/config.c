@@ -22,7 +22,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <openssl/crypto.h>
 
 static const char usage_text[] =
 	"usage: mgmtfs MOUNTPOINT [-f] [-o OPTION[,OPTION...]]\n"
@@ -94,7 +93,7 @@ static int set_str(char **dst, const char *val)
 static void wipe_str(char **s)
 {
 	if (*s) {
-		OPENSSL_cleanse(*s, strlen(*s));
+		explicit_bzero(*s, strlen(*s));
 		free(*s);
 		*s = NULL;
 	}
@@ -523,7 +522,7 @@ static int load_credentials(struct mgmtfs_config *cfg, char *err, size_t errlen)
 		else if (!strcmp(k, "aws_session_token"))
 			set_str(&cfg->session_token, v);
 	}
-	OPENSSL_cleanse(line, sizeof(line));
+	explicit_bzero(line, sizeof(line));
 	fclose(f);
 	if (!cfg->access_key || !cfg->secret_key)
 		return fail(err, errlen,

@@ -45,8 +45,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <openssl/evp.h>
-
 #include "archive/arc.h"
 #include "common/log.h"
 #include "s3/s3.h"
@@ -486,31 +484,6 @@ static void object_key(struct engine *e, const char *name, unsigned i, enum arc_
 	snprintf(buf, len, "%s%s%s", prefix, *prefix ? "/" : "", base);
 }
 
-/* ---- hashing ------------------------------------------------------------ */
-
-static void md5_of(const void *buf, size_t len, unsigned char out[16])
-{
-	unsigned int n = 16;
-
-	EVP_Digest(buf, len, out, &n, EVP_md5(), NULL);
-}
-
-static void sha256_hex_of(const void *buf, size_t len, char out[65])
-{
-	unsigned char d[32];
-	unsigned int n = 32;
-
-	EVP_Digest(buf, len, d, &n, EVP_sha256(), NULL);
-	for (int i = 0; i < 32; i++)
-		snprintf(out + 2 * i, 3, "%02x", d[i]);
-}
-
-static void hex16(const unsigned char md5[16], char out[33])
-{
-	for (int i = 0; i < 16; i++)
-		snprintf(out + 2 * i, 3, "%02x", md5[i]);
-}
-
 /* ---- part buffers --------------------------------------------------------- */
 
 /*
@@ -593,8 +566,7 @@ static void send_part(struct s3_client *c, struct part_task *t)
 	char sha[65], etag[S3_ETAG_MAX], hex[33];
 	int rc = 0, skip = 0;
 
-	md5_of(t->buf, t->len, md5);
-	hex16(md5, hex);
+	s3_body_hashes(t->buf, t->len, md5, hex, NULL);
 	skip = j->dry;
 	for (size_t i = 0; i < j->nhave; i++) {
 		if (j->have[i].partno == t->partno && !strcmp(j->have[i].etag, hex) &&
@@ -606,7 +578,7 @@ static void send_part(struct s3_client *c, struct part_task *t)
 		rc = j->rc;	/* the upload failed already: do not send more */
 	pthread_mutex_unlock(&j->lock);
 	if (!rc && !skip) {
-		sha256_hex_of(t->buf, t->len, sha);
+		s3_body_hashes(t->buf, t->len, NULL, NULL, sha);
 		s3_client_set_cancel(c, &j->u->cancel);
 		rc = s3_mpu_put_part(c, j->key, j->upload_id, t->partno, t->buf, t->len, md5, sha,
 				     etag);
@@ -776,9 +748,7 @@ static int upload_single(struct engine *e, struct s3_client *c, struct unit *u, 
 	char sha[65], hex[33];
 	int rc = -EEXIST;
 
-	md5_of(buf, len, md5);
-	hex16(md5, hex);
-	sha256_hex_of(buf, len, sha);
+	s3_body_hashes(buf, len, md5, hex, sha);
 	s3_client_set_cancel(c, &u->cancel);
 	for (unsigned i = 0; rc == -EEXIST && i < MAX_NAME_TRIES; i++) {
 		object_key(e, name, i, r->fmt, r->key, sizeof(r->key));
