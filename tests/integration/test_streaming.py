@@ -89,26 +89,45 @@ def gunzip(blob):
     return p.stdout
 
 
-def check_plain_tar(blob, name, data, mode, mtime, scratch):
-    """@blob is an uncompressed tar of one file @name, checked with tarfile and `tar -xf`."""
-    assert blob[:2] != b"\x1f\x8b", "object is gzip, want a plain tar"
-    with tarfile.open(fileobj=io.BytesIO(blob), mode="r:") as tf:
+def file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(MIB), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_one_member_tar(blob, name, size, digest, mode, mtime, scratch, gz):
+    """@blob is a tar (gzip-compressed if @gz) of exactly one file @name of @size
+    bytes with sha256 @digest, @mode and @mtime: checked with tarfile and with
+    the real tar (hashed in pieces, so it serves for large objects too)."""
+    with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz" if gz else "r:") as tf:
         members = tf.getmembers()
         assert [mb.name for mb in members] == [name]
-        assert members[0].isfile() and members[0].size == len(data)
-        assert members[0].mode & 0o7777 == mode and int(members[0].mtime) == mtime
-        assert sha256(tf.extractfile(members[0]).read()) == sha256(data)
+        mb = members[0]
+        assert mb.isfile() and mb.size == size
+        assert mb.mode & 0o7777 == mode and int(mb.mtime) == mtime
+        assert hashlib.sha256(tf.extractfile(mb).read()).hexdigest() == digest
     scratch.mkdir(parents=True, exist_ok=True)
-    (scratch / "object.tar").write_bytes(blob)
+    archive = scratch / ("object.tar.gz" if gz else "object.tar")
+    archive.write_bytes(blob)
     out = scratch / "out"
     out.mkdir()
-    p = subprocess.run(["tar", "-xf", str(scratch / "object.tar"), "-C", str(out)],
+    p = subprocess.run(["tar", "-xzf" if gz else "-xf", str(archive), "-C", str(out)],
                        capture_output=True)
     assert p.returncode == 0, p.stderr.decode(errors="replace")
+    archive.unlink()
     assert os.listdir(out) == [name]
     st = os.stat(out / name)
-    assert sha256((out / name).read_bytes()) == sha256(data)
-    assert st.st_mode & 0o7777 == mode and int(st.st_mtime) == mtime
+    assert st.st_size == size and st.st_mode & 0o7777 == mode and int(st.st_mtime) == mtime
+    assert file_sha256(out / name) == digest
+    (out / name).unlink()
+
+
+def check_plain_tar(blob, name, data, mode, mtime, scratch):
+    """@blob is an uncompressed tar of one file @name holding @data."""
+    assert blob[:2] != b"\x1f\x8b", "object is gzip, want a plain tar"
+    check_one_member_tar(blob, name, len(data), sha256(data), mode, mtime, scratch, gz=False)
 
 
 def check_object(m, name, data, ctype, scratch):
@@ -259,26 +278,7 @@ def test_300mib_multipart(mount, tmp_path):
     blob = m.client.get_object(m.bucket, key)
     scratch = tmp_path / "check"
     gzip_test(blob, scratch)
-    with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tf:
-        members = tf.getmembers()
-        assert [mb.name for mb in members] == [name]
-        mb = members[0]
-        assert mb.size == size and mb.mode & 0o7777 == MODE and int(mb.mtime) == MTIME
-        assert hashlib.sha256(tf.extractfile(mb).read()).hexdigest() == digest
-    out = scratch / "out"
-    out.mkdir()
-    p = subprocess.run(["tar", "-xzf", str(scratch / "object.gz"), "-C", str(out)],
-                       capture_output=True)
-    assert p.returncode == 0, p.stderr.decode(errors="replace")
-    assert os.listdir(out) == [name]
-    st = os.stat(out / name)
-    assert st.st_size == size and st.st_mode & 0o7777 == MODE and int(st.st_mtime) == MTIME
-    h = hashlib.sha256()
-    with open(out / name, "rb") as f:
-        for chunk in iter(lambda: f.read(MIB), b""):
-            h.update(chunk)
-    assert h.hexdigest() == digest
-    (out / name).unlink()
+    check_one_member_tar(blob, name, size, digest, MODE, MTIME, scratch, gz=True)
 
     nparts = math.ceil(len(blob) / part)
     assert nparts >= 60, f"{len(blob)} bytes: only {nparts} parts"

@@ -201,26 +201,25 @@ def relay_body(src, dst, rest, h, limit=None, no_body=False, request=True):
     te = h.get(b"transfer-encoding", b"").lower()
     try:
         if b"chunked" in te:
-            buf = rest
-            while True:
+            def line(buf, what):
+                """The next CRLF-ended line (relayed) and what follows it."""
                 while b"\r\n" not in buf:
                     d = src.recv(65536)
                     if not d:
-                        raise ConnectionError("eof in chunk header")
+                        raise ConnectionError("eof in " + what)
                     buf += d
-                line, _, buf = buf.partition(b"\r\n")
-                size = int(line.split(b";")[0], 16)
-                out(line + b"\r\n")
+                ln, _, buf = buf.partition(b"\r\n")
+                out(ln + b"\r\n")
+                return ln, buf
+
+            buf = rest
+            while True:
+                ln, buf = line(buf, "chunk header")
+                size = int(ln.split(b";")[0], 16)
                 if size == 0:
                     # trailers, then the blank line that ends the message
                     while True:
-                        while b"\r\n" not in buf:
-                            d = src.recv(65536)
-                            if not d:
-                                raise ConnectionError("eof in trailer")
-                            buf += d
-                        tl, _, buf = buf.partition(b"\r\n")
-                        out(tl + b"\r\n")
+                        tl, buf = line(buf, "trailer")
                         if not tl:
                             return buf, False
                 need = size + 2
