@@ -707,8 +707,3 @@ int cfg_name_ignored(const struct mgmtfs_config *cfg, const char *name)
 	}
 	return 0;
 }
-
-const char *cfg_usage(void)
-{
-	return usage_text;
-}

@@ -66,7 +66,4 @@ int cfg_parse_size(const char *s, size_t *out);
 /* 1 if @name (a top-level entry of pending/) is never uploaded. */
 int cfg_name_ignored(const struct mgmtfs_config *cfg, const char *name);
 
-/* The --help text. */
-const char *cfg_usage(void);
-
 #endif

@@ -30,7 +30,6 @@ struct node {
 	fuse_ino_t ino;
 	struct node *parent;	/* NULL for the three roots */
 	char *name;		/* owned; "" for the roots */
-	enum fs_area area;
 	uint64_t nlookup;	/* protected by fs->lock */
 	int writers;		/* handles open for writing, protected by fs->lock */
 	int pinned;		/* roots are never forgotten */
@@ -45,7 +44,6 @@ struct fs {
 	struct store *st;
 	struct engine *eng;
 	struct fuse_session *se;
-	int area_fd[3];		/* O_PATH|O_DIRECTORY fds: -1, pending, completed */
 	pthread_mutex_t lock;	/* the inode table */
 	pthread_mutex_t rec_lock; /* read-modify-write of records */
 	struct node *root, *pending, *completed;

@@ -1435,7 +1435,6 @@ int fs_init_state(struct fs *fs, const struct mgmtfs_config *cfg, struct store *
 	memset(fs, 0, sizeof(*fs));
 	fs->cfg = cfg;
 	fs->st = st;
-	fs->area_fd[0] = fs->area_fd[1] = fs->area_fd[2] = -1;
 	snprintf(path, sizeof(path), "%s/pending", cfg->local_dir);
 	if (mkdir(path, 0755) && errno != EEXIST)
 		return -errno;
