@@ -376,6 +376,7 @@ class Table:
                     continue
                 try:
                     check_disk()
+                    os.sync()   # no tool pays for the writeback of the one before
                     CP_RETURNED.clear()
                     v = r.fn(i)
                     r.vals.append(v)

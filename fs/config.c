@@ -58,6 +58,8 @@ static const char usage_text[] =
 	"  retry_max_seconds=S    backoff budget per request, default 120\n"
 	"  stall_seconds=S        cut a transfer idle this long, default 30\n"
 	"  hold                   start no upload (MGMT_HOLD=1)\n"
+	"  passthrough=1|0        writes go from the kernel straight to local_dir\n"
+	"                         (FUSE passthrough: root, Linux 6.9+), default 1\n"
 	"  insecure               do not verify TLS certificates\n"
 	"  allow_other            let other users use the mount\n"
 	"  debug                  log every step\n"
@@ -301,6 +303,8 @@ static int apply(struct mgmtfs_config *cfg, const char *key, const char *val, co
 		rc = set_ignore(cfg, val);
 	} else if (!strcmp(key, "hold")) {
 		cfg->hold = !val || strcmp(val, "0");
+	} else if (!strcmp(key, "passthrough")) {
+		cfg->passthrough = !val || strcmp(val, "0");
 	} else if (!strcmp(key, "insecure")) {
 		cfg->insecure = !val || strcmp(val, "0");
 	} else if (!strcmp(key, "debug")) {
@@ -338,6 +342,7 @@ static const struct {
 	{ "MGMT_COMPRESSION", "compression" },
 	{ "MGMT_LEVEL", "level" },
 	{ "MGMT_HOLD", "hold" },
+	{ "MGMT_PASSTHROUGH", "passthrough" },
 	{ "AWS_ENDPOINT_URL_S3", "endpoint" },
 	{ "AWS_ENDPOINT_URL", "endpoint" },
 	{ "AWS_DEFAULT_REGION", "region" },
@@ -404,6 +409,7 @@ static int apply_defaults_file_env(struct mgmtfs_config *cfg, char *err, size_t 
 	cfg->part_size = (size_t)8 << 20;
 	cfg->parts_in_flight = 4;
 	cfg->uploads = 4;
+	cfg->passthrough = 1;
 	cfg->path_style = -1;
 	cfg->max_attempts = 8;
 	cfg->retry_max_seconds = 120;

@@ -26,6 +26,7 @@ struct mgmtfs_config {
 	int uploads;
 	int threads;		/* compression threads, 0 = all cores */
 	int hold;
+	int passthrough;		/* FUSE passthrough when the kernel allows (root) */
 	int foreground;
 	int debug;
 	int allow_other;

@@ -33,6 +33,8 @@ struct node {
 	uint64_t nlookup;	/* protected by fs->lock */
 	int writers;		/* handles open for writing, protected by fs->lock */
 	int pinned;		/* roots are never forgotten */
+	int backing_id;		/* passthrough backing id, protected by fs->lock */
+	int backing_refs;	/* open handles using backing_id, protected by fs->lock */
 	struct node *ino_next;	/* hash chains, protected by fs->lock */
 	struct node *name_next;
 };
@@ -52,6 +54,13 @@ struct fs {
 	size_t hash_size;
 	fuse_ino_t next_ino;
 	atomic_int held;	/* hold: no upload starts */
+	atomic_int pt_state;	/* enum fs_pt_state */
+};
+
+enum fs_pt_state {
+	FS_PT_OFF = 0,
+	FS_PT_WAIT_INIT,	/* hook installed, INIT reply not yet sent */
+	FS_PT_ON,
 };
 
 /* ops.c */
@@ -68,6 +77,12 @@ int fs_move_to_completed(struct fs *fs, const char *name, const char *dest);
 
 /* Number of handles open for writing on anything of unit @name. */
 int fs_unit_writers(struct fs *fs, const char *name);
+
+/* passthrough.c: FUSE passthrough (see its DESIGN note) */
+void fs_pt_install(struct fs *fs);		/* after fuse_session_mount() */
+int fs_pt_open(struct fs *fs, int fd);		/* backing id > 0, or 0: not used */
+void fs_pt_close(struct fs *fs, int id);
+void fs_pt_next_reply(int id);			/* the open reply this thread sends next */
 
 /* engine.c */
 int engine_new(struct fs *fs, struct engine **out);

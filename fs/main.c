@@ -155,6 +155,7 @@ static int mount_main(int argc, char **argv)
 		goto out;
 	}
 	mounted = 1;
+	fs_pt_install(&fs);
 	if (!cfg.foreground) {
 		mgmtfs_log_use_syslog(1);
 		openlog("mgmtfs", LOG_PID, LOG_DAEMON);

@@ -52,6 +52,7 @@ struct fh {
 	int writer;		/* counted in the unit's writers */
 	int wrote;		/* a write happened: the unit was told once */
 	int write_error;	/* a write failed (ENOSPC...): the file is not whole */
+	int backing_id;		/* passthrough: the kernel writes to fd itself */
 };
 
 struct dh {
@@ -853,25 +854,76 @@ static int open_backing(fuse_req_t req, fuse_ino_t ino, const char *name, int fl
 	return 0;
 }
 
-static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+/* Give @h its inode's passthrough backing id: one per inode while any handle is open. */
+static void backing_get(struct fs *fs, fuse_ino_t ino, struct fh *h)
+{
+	struct node *n;
+
+	if (atomic_load(&fs->pt_state) != FS_PT_ON)
+		return;
+	pthread_mutex_lock(&fs->lock);
+	n = ino_get(fs, ino);
+	if (n && !n->backing_refs)
+		n->backing_id = fs_pt_open(fs, h->fd);
+	if (n && n->backing_id > 0) {
+		n->backing_refs++;
+		h->backing_id = n->backing_id;
+	}
+	pthread_mutex_unlock(&fs->lock);
+}
+
+static void backing_put(struct fs *fs, fuse_ino_t ino, struct fh *h)
+{
+	struct node *n;
+	int id = h->backing_id;
+
+	if (!id)
+		return;
+	pthread_mutex_lock(&fs->lock);
+	n = ino_get(fs, ino);
+	if (n && n->backing_id == id && --n->backing_refs > 0)
+		id = 0;		/* other handles still use it */
+	else if (n && n->backing_id == id)
+		n->backing_id = 0;
+	pthread_mutex_unlock(&fs->lock);
+	fs_pt_close(fs, id);
+	h->backing_id = 0;
+}
+
+/* Send the open/create reply; 0, or -ENOENT when the opener was interrupted (the handle is freed). */
+static int reply_opened(fuse_req_t req, fuse_ino_t ino, const struct fuse_entry_param *e,
+			struct fuse_file_info *fi)
 {
 	struct fs *fs = FS(req);
+	struct fh *h = FH(fi);
 	char unit[NAME_MAX + 1];
+	int rc;
+
+	backing_get(fs, ino, h);
+	if (h->writer)
+		writer_add(fs, ino, 1, unit, sizeof(unit));
+	fs_pt_next_reply(h->backing_id);
+	rc = e ? fuse_reply_create(req, e, fi) : fuse_reply_open(req, fi);
+	fs_pt_next_reply(0);
+	if (rc != -ENOENT)
+		return 0;
+	/* the opener was interrupted: nobody will release this handle */
+	if (h->writer)
+		writer_add(fs, ino, -1, unit, sizeof(unit));
+	backing_put(fs, ino, h);
+	close(h->fd);
+	free(h);
+	return -ENOENT;
+}
+
+static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
 	int rc = open_backing(req, ino, NULL, fi->flags, 0, fi);
 
-	if (rc) {
+	if (rc)
 		fuse_reply_err(req, -rc);
-		return;
-	}
-	if (FH(fi)->writer)
-		writer_add(fs, ino, 1, unit, sizeof(unit));
-	if (fuse_reply_open(req, fi) == -ENOENT) {
-		/* the opener was interrupted: nobody will release this handle */
-		if (FH(fi)->writer)
-			writer_add(fs, ino, -1, unit, sizeof(unit));
-		close(FH(fi)->fd);
-		free(FH(fi));
-	}
+	else
+		reply_opened(req, ino, NULL, fi);
 }
 
 static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
@@ -879,7 +931,6 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 {
 	struct fs *fs = FS(req);
 	struct fuse_entry_param e;
-	char unit[NAME_MAX + 1];
 	int rc = may_create(fs, parent, NULL);
 
 	if (!rc)
@@ -895,14 +946,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		fuse_reply_err(req, -rc);
 		return;
 	}
-	if (FH(fi)->writer)
-		writer_add(fs, e.ino, 1, unit, sizeof(unit));
-	if (fuse_reply_create(req, &e, fi) == -ENOENT) {
-		if (FH(fi)->writer)
-			writer_add(fs, e.ino, -1, unit, sizeof(unit));
-		close(FH(fi)->fd);
-		free(FH(fi));
-	}
+	reply_opened(req, e.ino, &e, fi);
 }
 
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
@@ -952,12 +996,26 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	fuse_reply_err(req, 0);
 }
 
+/*
+ * A passthrough write that failed never reached us; the caller saw ENOSPC.
+ * A full disk under local_dir at the last close is the sign of it.
+ */
+static int disk_full(int fd)
+{
+	struct statvfs sv;
+
+	return !fstatvfs(fd, &sv) && (uint64_t)sv.f_bfree * sv.f_frsize < (1u << 20);
+}
+
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct fs *fs = FS(req);
 	struct fh *h = FH(fi);
 	char unit[NAME_MAX + 1];
 
+	if (h->writer && h->backing_id && !h->write_error && disk_full(h->fd))
+		h->write_error = ENOSPC;
+	backing_put(fs, ino, h);
 	close(h->fd);
 	if (h->writer) {
 		writer_add(fs, ino, -1, unit, sizeof(unit));

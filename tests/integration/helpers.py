@@ -166,6 +166,8 @@ class Mount:
         self.log_path = self.base / "daemon.log"
         self.options = {"bucket": s3.bucket, "prefix": prefix, "local_dir": self.local,
                         "settle": "0.2", "endpoint": s3.endpoint, "region": s3.region}
+        if os.environ.get("MGMTFS_TEST_PASSTHROUGH") == "0":  # the daemon's own write path
+            self.options["passthrough"] = "0"
         self.options.update(options or {})
         self.env = daemon_env(self.base, {"AWS_ACCESS_KEY_ID": s3.access_key,
                                           "AWS_SECRET_ACCESS_KEY": s3.secret_key, **(env or {})})
