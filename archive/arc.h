@@ -7,8 +7,10 @@
  * into blocks (128 KiB), each deflated independently with the previous
  * 32 KiB as its dictionary and ended with a sync flush (the last with
  * Z_FINISH), the CRC-32s joined with crc32_combine(); the output is one
- * ordinary gzip member that gzip -t and tar -xz accept.  The sha256 of the
- * original content is computed on the same pass over the data.
+ * ordinary gzip member that gzip -t and tar -xz accept.  A block that
+ * looks like random bytes (media, compressed data) is not deflated but
+ * copied into stored deflate blocks.  The sha256 of the original content
+ * is computed on the same pass over the data.
  *
  * zlib is used only here.  No FUSE, no curl.
  */

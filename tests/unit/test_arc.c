@@ -2,7 +2,9 @@
  * test_arc.c - the archive stream: tar headers parsed back field by field,
  * then every format streamed to a file for a range of sizes around the
  * block boundaries and checked with the real tools (gzip -t, tar -x, cmp)
- * and an independent sha256.  Each test has its own mkdtemp directory.
+ * and an independent sha256; then pgz on its own, from memory: random
+ * blocks stored rather than deflated, the output gunzipped by zlib and
+ * gzip -t.  Each test has its own mkdtemp directory.
  */
 #include "archive/arc.h"
 #include "archive/arc_i.h"
@@ -22,6 +24,7 @@
 #include <cmocka.h>
 
 #include <openssl/evp.h>
+#include <zlib.h>
 
 #define SMALL_BLOCK 4096u
 #define MTIME	    1600000000
@@ -722,6 +725,224 @@ static void test_stream_dir(void **state)
 	close(dfd);
 }
 
+/* ---- pgz: incompressible blocks written as stored deflate blocks ---- */
+
+struct mem_src {
+	const unsigned char *p;
+	size_t len;
+	size_t pos;
+};
+
+static ssize_t mem_fill(void *ctx, void *buf, size_t len)
+{
+	struct mem_src *m = ctx;
+
+	if (len > m->len - m->pos)
+		len = m->len - m->pos;
+	memcpy(buf, m->p + m->pos, len);
+	m->pos += len;
+	return (ssize_t)len;
+}
+
+/*
+ * gzip @n bytes at @in with pgz, pulled @chunk bytes at a time; returns the
+ * output (malloc'd, *out_len bytes).  *workers: threads it ran.
+ */
+static unsigned char *pgz_all(const unsigned char *in, size_t n, int level, int threads,
+			      size_t block, size_t chunk, size_t *out_len, int *workers)
+{
+	struct mem_src m = { .p = in, .len = n };
+	size_t cap = n + n / 2 + 4096, len = 0;
+	unsigned char *out = malloc(cap);
+	struct pgz *z = NULL;
+	ssize_t r;
+
+	assert_non_null(out);
+	assert_int_equal(pgz_new(level, threads, block, n, mem_fill, &m, &z), 0);
+	while ((r = pgz_read(z, out + len, cap - len < chunk ? cap - len : chunk)) > 0) {
+		len += (size_t)r;
+		assert_true(len < cap);	/* never fills it: the end is seen */
+	}
+	assert_int_equal(r, 0);
+	*workers = pgz_workers(z);
+	pgz_free(z);
+	*out_len = len;
+	return out;
+}
+
+/*
+ * @gz must be one gzip member holding @in: zlib's gzip decoding checks the
+ * CRC-32 and ISIZE of the trailer, then gzip -t reads the file.
+ */
+static void check_gunzip(struct fixture *f, const unsigned char *gz, size_t gz_len,
+			 const unsigned char *in, size_t n)
+{
+	unsigned char *back = malloc(n + 1);
+	char path[512];
+	z_stream zs;
+	int fd;
+
+	assert_non_null(back);
+	memset(&zs, 0, sizeof(zs));
+	assert_int_equal(inflateInit2(&zs, 16 + 15), Z_OK);	/* gzip only */
+	zs.next_in = (unsigned char *)gz;
+	zs.avail_in = (uInt)gz_len;
+	zs.next_out = back;
+	zs.avail_out = (uInt)(n + 1);
+	assert_int_equal(inflate(&zs, Z_FINISH), Z_STREAM_END);
+	assert_int_equal(zs.avail_in, 0);	/* one member, nothing after it */
+	assert_int_equal(zs.total_out, n);
+	assert_memory_equal(back, in, n);
+	inflateEnd(&zs);
+	free(back);
+
+	snprintf(path, sizeof(path), "%s/p.gz", f->dir);
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, gz, gz_len), (ssize_t)gz_len);
+	close(fd);
+	assert_int_equal(sh("gzip -t '%s'", path), 0);
+	unlink(path);
+}
+
+/* Output size when every block of @n bytes is stored: header, trailer, 5 per stored block. */
+static size_t stored_size(size_t n, size_t block)
+{
+	size_t out = 10 + 8;
+
+	while (n) {
+		size_t b = n < block ? n : block;
+
+		out += b + 5 * ((b + 65534) / 65535);
+		n -= b;
+	}
+	return out;
+}
+
+/* Round trip @in through pgz; returns the output size. */
+static size_t pgz_roundtrip(struct fixture *f, const unsigned char *in, size_t n, int level,
+			    int threads, size_t block)
+{
+	unsigned char *gz;
+	size_t gz_len;
+	int workers;
+
+	gz = pgz_all(in, n, level, threads, block, 7777, &gz_len, &workers);
+	check_gunzip(f, gz, gz_len, in, n);
+	free(gz);
+	return gz_len;
+}
+
+static unsigned char *content(size_t n, enum content kind, uint64_t seed)
+{
+	unsigned char *p = malloc(n ? n : 1);
+
+	assert_non_null(p);
+	fill_content(p, n, kind, seed);
+	return p;
+}
+
+static void test_pgz_random_stored(void **state)
+{
+	static const size_t blocks[] = { 65535, 65536, 65537, ARC_BLOCK_DEFAULT, 200000 };
+	struct fixture *f = *state;
+	unsigned char *in;
+	size_t i, n;
+	int level;
+
+	/* several blocks, each over 65535 bytes: several stored blocks a slot */
+	for (level = 1; level <= 9; level += 4) {
+		n = 5 * ARC_BLOCK_DEFAULT + 12345;
+		in = content(n, RANDOM, (uint64_t)level);
+		assert_int_equal(pgz_roundtrip(f, in, n, level, 2, ARC_BLOCK_DEFAULT),
+				 stored_size(n, ARC_BLOCK_DEFAULT));
+		free(in);
+	}
+	/* block sizes around LEN's limit; the last block random too (BFINAL stored) */
+	for (i = 0; i < sizeof(blocks) / sizeof(blocks[0]); i++) {
+		n = 3 * blocks[i] + 70000;
+		in = content(n, RANDOM, i + 10);
+		assert_int_equal(pgz_roundtrip(f, in, n, 1, 2, blocks[i]),
+				 stored_size(n, blocks[i]));
+		assert_int_equal(pgz_roundtrip(f, in, n, 6, 1, blocks[i]),
+				 stored_size(n, blocks[i]));
+		free(in);
+	}
+}
+
+static void test_pgz_random_one_block(void **state)
+{
+	static const size_t lens[] = { 4096, 65535, 65536, 100000, ARC_BLOCK_DEFAULT };
+	struct fixture *f = *state;
+	size_t i;
+
+	for (i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+		unsigned char *in = content(lens[i], RANDOM, i + 20);
+		unsigned char *gz;
+		size_t gz_len;
+		int workers = -1;
+
+		gz = pgz_all(in, lens[i], 6, 4, ARC_BLOCK_DEFAULT, 65536, &gz_len, &workers);
+		assert_int_equal(workers, 0);	/* the one-block path: no thread */
+		assert_int_equal(gz_len, stored_size(lens[i], ARC_BLOCK_DEFAULT));
+		check_gunzip(f, gz, gz_len, in, lens[i]);
+		free(gz);
+		free(in);
+	}
+}
+
+static void test_pgz_random_and_text(void **state)
+{
+	struct fixture *f = *state;
+	const size_t half = 3 * ARC_BLOCK_DEFAULT + 1000;
+	unsigned char *in = malloc(2 * half);
+	size_t out;
+
+	assert_non_null(in);
+	/* random then text: the text is deflated, the random part stored */
+	fill_content(in, half, RANDOM, 30);
+	fill_content(in + half, half, TEXT, 31);
+	out = pgz_roundtrip(f, in, 2 * half, 6, 2, ARC_BLOCK_DEFAULT);
+	assert_true(out > half && out < half + half / 4);
+
+	/* text then random, the last block random: BFINAL on a stored block */
+	fill_content(in, half, TEXT, 32);
+	fill_content(in + half, half, RANDOM, 33);
+	out = pgz_roundtrip(f, in, 2 * half, 1, 2, ARC_BLOCK_DEFAULT);
+	assert_true(out > half && out < half + half / 4);
+
+	/* alternating within blocks of 65536 and 65537 bytes, block-sized pieces */
+	fill_content(in, 2 * half, RANDOM, 34);
+	fill_content(in + 65536, 65536, TEXT, 35);
+	fill_content(in + 3 * 65536, 65536, TEXT, 36);
+	pgz_roundtrip(f, in, 2 * half, 1, 3, 65536);
+	pgz_roundtrip(f, in, 2 * half, 6, 2, 65537);
+	pgz_roundtrip(f, in, 2 * half, 6, 2, 65535);
+	free(in);
+}
+
+/* Flat histograms are not enough: random content repeated within the window is deflated. */
+static void test_pgz_repeats_deflated(void **state)
+{
+	struct fixture *f = *state;
+	const size_t n = 4 * ARC_BLOCK_DEFAULT, unit = 16384;
+	unsigned char *in = content(n, RANDOM, 40);
+	size_t i, out;
+
+	for (i = unit; i < n; i += unit)
+		memcpy(in + i, in, unit);	/* a 16 KiB file stored 32 times */
+	out = pgz_roundtrip(f, in, n, 1, 2, ARC_BLOCK_DEFAULT);
+	assert_true(out < n / 8);
+
+	/* every 4-byte random value twice in a row: the histograms see it (counts in pairs) */
+	fill_content(in, n, RANDOM, 41);
+	for (i = 0; i + 8 <= n; i += 8)
+		memcpy(in + i + 4, in + i, 4);
+	out = pgz_roundtrip(f, in, n, 6, 2, ARC_BLOCK_DEFAULT);
+	assert_true(out < n - n / 8);
+	free(in);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -742,6 +963,10 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_shrink_is_enodata, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stream_dir, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_pgz_random_stored, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_pgz_random_one_block, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_pgz_random_and_text, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_pgz_repeats_deflated, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
