@@ -346,10 +346,32 @@ class Row:
         self.key, self.label, self.fn, self.ref = key, label, fn, ref
         self.mgmtfs = mgmtfs
         self.vals, self.err, self.cp = [], None, []
+        self.cpu = []   # (client CPU s, server CPU s) per run
 
     @property
     def med(self):
         return statistics.median(self.vals) if self.vals and not self.err else None
+
+
+def server_cpu():
+    """CPU seconds used so far by the RGW and its OSD (the server shares our cores)."""
+    tick, total = os.sysconf("SC_CLK_TCK"), 0.0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                st = f.read()
+        except OSError:
+            continue
+        comm, rest = st[st.index("(") + 1:st.rindex(")")], st[st.rindex(")") + 2:].split()
+        if comm in ("radosgw", "ceph-osd"):
+            total += (int(rest[11]) + int(rest[12])) / tick
+    return total
+
+
+def client_cpu():
+    """CPU seconds of our waited-for children: the tool, its shell, cp, the mgmtfs daemon."""
+    t = os.times()
+    return t.children_user + t.children_system
 
 
 class Table:
@@ -378,7 +400,9 @@ class Table:
                     check_disk()
                     os.sync()   # no tool pays for the writeback of the one before
                     CP_RETURNED.clear()
+                    c0, s0 = client_cpu(), server_cpu()
                     v = r.fn(i)
+                    r.cpu.append((client_cpu() - c0, server_cpu() - s0))
                     r.vals.append(v)
                     r.cp += CP_RETURNED
                     log(f"  run {i + 1}/{RUNS}  {r.label:<44} {fmt(v, self.unit)}")
@@ -423,6 +447,16 @@ class Table:
                     line += f" {ref.med / r.med:.2f} ({ref.label.replace('|', '/')}) |"
             out.append(line)
         out.append("")
+        cpu = [(r.label, statistics.median(c for c, _ in r.cpu),
+                statistics.median(sv for _, sv in r.cpu))
+               for r in self.rows if r.cpu and not r.err]
+        if cpu and self.unit == "s":
+            out.append("CPU seconds per run (median; the cores are shared by all; client = "
+                       "the processes the run waited for, which leaves out the s3fs "
+                       "daemon): "
+                       + "; ".join(f"{lab.replace('|', '/')}: {c:.1f} client + {sv:.1f} "
+                                   "server (RGW+OSD)" for lab, c, sv in cpu))
+            out.append("")
         for r in self.rows:
             if r.cp and not r.err:
                 out.append(f"({r.label}: `cp` into pending/ returned after "
@@ -589,7 +623,8 @@ def small():
 def close():
     t = Table("close latency: `cp` of the 1 GiB file returns", "s",
               "Time until `cp` exits (no sync). mgmtfs: into `pending/` "
-              "(default compression, settle=0, fresh mount; the upload that "
+              "(default compression, settle=0, fresh mount, FUSE passthrough "
+              "on as the bench runs as root; the upload that "
               "follows is waited for but not timed). disk: the backing "
               "filesystem of local_dir. s3fs uploads before close returns. "
               "mgmtfs ÷ tool < 1 means mgmtfs took less time.", size=1 << 30)
