@@ -3,8 +3,9 @@
  * then every format streamed to a file for a range of sizes around the
  * block boundaries and checked with the real tools (gzip -t, tar -x, cmp)
  * and an independent sha256; then pgz on its own, from memory: random
- * blocks stored rather than deflated, the output gunzipped by zlib and
- * gzip -t.  Each test has its own mkdtemp directory.
+ * blocks and runs of random chunks inside blocks stored rather than
+ * deflated, the output gunzipped by zlib and gzip -t.  Each test has its
+ * own mkdtemp directory.
  */
 #include "archive/arc.h"
 #include "archive/arc_i.h"
@@ -943,6 +944,158 @@ static void test_pgz_repeats_deflated(void **state)
 	free(in);
 }
 
+/* ---- pgz: noise runs inside a block stored, the rest deflated ---- */
+
+#define CHUNK 4096u /* pgz.c's PGZ_CHUNK: runs are whole chunks */
+
+/*
+ * @p (@len bytes of random input) must be in @gz as pgz's stored blocks:
+ * 65535 bytes each (the last shorter), BFINAL on the last only if @final,
+ * the first starting at @p.  zlib's deflate never writes these: at
+ * memLevel 8 its blocks end after 16383 symbols.
+ */
+static void assert_stored(const unsigned char *gz, size_t gz_len, const unsigned char *p,
+			  size_t len, int final)
+{
+	const unsigned char *o = memmem(gz, gz_len, p, len < 65535 ? len : 65535);
+
+	assert_non_null(o);
+	assert_true(o - gz >= 10 + 5);
+	for (o -= 5; len;) {
+		size_t k = len < 65535 ? len : 65535;
+
+		len -= k;
+		assert_true((size_t)(o + 5 + k - gz) <= gz_len);
+		assert_int_equal(o[0], final && !len);
+		assert_int_equal(o[1] | o[2] << 8, k);
+		assert_int_equal((o[3] | o[4] << 8) ^ 0xffff, k);
+		assert_memory_equal(o + 5, p, k);
+		o += 5 + k;
+		p += k;
+	}
+}
+
+/* Raw deflate of @n bytes at @in in one call: what pgz writes for one block with no noise. */
+static size_t raw_deflate(const unsigned char *in, size_t n, int level, unsigned char *out,
+			  size_t cap)
+{
+	z_stream zs;
+
+	memset(&zs, 0, sizeof(zs));
+	assert_int_equal(deflateInit2(&zs, level, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY), Z_OK);
+	zs.next_in = (unsigned char *)in;
+	zs.avail_in = (uInt)n;
+	zs.next_out = out;
+	zs.avail_out = (uInt)cap;
+	assert_int_equal(deflate(&zs, Z_FINISH), Z_STREAM_END);
+	n = zs.total_out;
+	deflateEnd(&zs);
+	return n;
+}
+
+/*
+ * The tar case: a member's 512-byte header (a name, octal fields, mostly
+ * NULs) after text and before random data, the block not noise as a
+ * whole: the chunk with the header is deflated, the rest of the block
+ * stored.
+ */
+static void test_pgz_run_after_header(void **state)
+{
+	static const size_t blocks[] = { ARC_BLOCK_DEFAULT, 100000 };
+	struct fixture *f = *state;
+	struct stat st = file_stat(1u << 20);
+	size_t i;
+
+	for (i = 0; i < sizeof(blocks) / sizeof(blocks[0]); i++) {
+		size_t b = blocks[i], n = 3 * b, run = b - CHUNK, gz_len, text_len, want;
+		unsigned char *in = malloc(n), *text = malloc(2 * b + 512), *gz;
+		int level = i ? 6 : 1, workers;
+
+		assert_non_null(in);
+		assert_non_null(text);
+		fill_content(in, b, TEXT, 50 + i);
+		assert_int_equal(arc_tar_header("dir/random.bin", &st, '0', in + b, 512), 512);
+		fill_content(in + b + 512, b - 512, RANDOM, 52 + i);
+		fill_content(in + 2 * b, b, TEXT, 54 + i);
+		gz = pgz_all(in, n, level, 2, b, 7777, &gz_len, &workers);
+		check_gunzip(f, gz, gz_len, in, n);
+		assert_stored(gz, gz_len, in + b + CHUNK, run, 0);
+
+		/* the size: text and header gzipped alone, the random bytes and their headers */
+		memcpy(text, in, b + 512);
+		memcpy(text + b + 512, in + 2 * b, b);
+		free(pgz_all(text, 2 * b + 512, level, 2, b, 7777, &text_len, &workers));
+		want = text_len + (b - 512) + 5 * ((run + 65534) / 65535);
+		assert_true(gz_len < want + 300 && gz_len + 300 > want);
+		free(gz);
+		free(text);
+		free(in);
+	}
+}
+
+static void test_pgz_runs_in_block(void **state)
+{
+	struct fixture *f = *state;
+	const size_t b = ARC_BLOCK_DEFAULT, n = 2 * b + 70000;	/* last block: 17.1 chunks */
+	unsigned char *in = content(n, TEXT, 60), *gz;
+	size_t gz_len;
+	int level, workers;
+
+	/* block 1: random, text, random, the edges inside chunks 9 and 19 */
+	fill_content(in + b, 40000, RANDOM, 61);
+	fill_content(in + b + 80000, b - 80000, RANDOM, 62);
+	/* the last block: text, then random to the end of the stream */
+	fill_content(in + 2 * b + 20000, 50000, RANDOM, 63);
+	for (level = 1; level <= 9; level += 4) {
+		gz = pgz_all(in, n, level, 2, b, 7777, &gz_len, &workers);
+		check_gunzip(f, gz, gz_len, in, n);
+		assert_stored(gz, gz_len, in + b, 9 * CHUNK, 0);
+		assert_stored(gz, gz_len, in + b + 20 * CHUNK, b - 20 * CHUNK, 0);
+		/* BFINAL on a stored run after a deflated one */
+		assert_stored(gz, gz_len, in + 2 * b + 5 * CHUNK, 70000 - 5 * CHUNK, 1);
+		free(gz);
+	}
+
+	/* the last block random, then text: Z_FINISH on a deflated run after a stored one */
+	fill_content(in + 2 * b, 50000, RANDOM, 64);
+	fill_content(in + 2 * b + 50000, 20000, TEXT, 65);
+	gz = pgz_all(in, n, 6, 1, b, 7777, &gz_len, &workers);
+	check_gunzip(f, gz, gz_len, in, n);
+	assert_stored(gz, gz_len, in + 2 * b, 12 * CHUNK, 0);
+	free(gz);
+	free(in);
+}
+
+/* Text is deflated exactly as by zlib in one call, and so are noise runs under 4 chunks. */
+static void test_pgz_short_runs_deflated(void **state)
+{
+	struct fixture *f = *state;
+	const size_t n = ARC_BLOCK_DEFAULT, cap = n + n / 2;
+	unsigned char *in = content(n, TEXT, 70), *raw = malloc(cap), *gz;
+	size_t gz_len, raw_len, pass;
+	int workers;
+
+	assert_non_null(raw);
+	for (pass = 0; pass < 3; pass++) {
+		if (pass == 1)	/* random chunks 7-9: under 4, deflated */
+			fill_content(in + 7 * CHUNK, 3 * CHUNK, RANDOM, 71);
+		if (pass == 2)	/* and 10: stored */
+			fill_content(in + 10 * CHUNK, CHUNK, RANDOM, 72);
+		gz = pgz_all(in, n, 1, 2, ARC_BLOCK_DEFAULT, 7777, &gz_len, &workers);
+		check_gunzip(f, gz, gz_len, in, n);
+		if (pass < 2) {
+			raw_len = raw_deflate(in, n, 1, raw, cap);
+			assert_int_equal(gz_len, 10 + raw_len + 8);
+			assert_memory_equal(gz + 10, raw, raw_len);
+		} else {
+			assert_stored(gz, gz_len, in + 7 * CHUNK, 4 * CHUNK, 0);
+		}
+		free(gz);
+	}
+	free(raw);
+	free(in);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -967,6 +1120,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_pgz_random_one_block, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_pgz_random_and_text, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_pgz_repeats_deflated, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_pgz_run_after_header, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_pgz_runs_in_block, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_pgz_short_runs_deflated, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
