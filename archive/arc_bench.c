@@ -72,27 +72,10 @@ static int write_all(const unsigned char *p, size_t n)
 	return 0;
 }
 
-struct mem_src {
-	const unsigned char *p;
-	size_t len;
-	size_t pos;
-};
-
-static ssize_t mem_fill(void *ctx, void *dst, size_t len)
-{
-	struct mem_src *m = ctx;
-
-	if (len > m->len - m->pos)
-		len = m->len - m->pos;
-	memcpy(dst, m->p + m->pos, len);
-	m->pos += len;
-	return (ssize_t)len;
-}
-
 /* The "pgz" mode: compression only, from memory. */
 static int bench_pgz(int fd, const struct stat *st, const struct arc_opts *o)
 {
-	struct mem_src m = { .len = (size_t)st->st_size };
+	struct arc_mem m = { .len = (size_t)st->st_size };
 	struct pgz *z = NULL;
 	unsigned char *data = malloc(m.len ? m.len : 1);
 	uint64_t out = 0;
@@ -121,7 +104,7 @@ static int bench_pgz(int fd, const struct stat *st, const struct arc_opts *o)
 	t0 = now();
 	c0 = cpu_now();
 	rc = pgz_new(o->level ? o->level : 6, threads,
-		     o->block_size ? o->block_size : ARC_BLOCK_DEFAULT, m.len, mem_fill, &m, &z);
+		     o->block_size ? o->block_size : ARC_BLOCK_DEFAULT, m.len, arc_mem_fill, &m, &z);
 	if (rc) {
 		errno = -rc;
 		fprintf(stderr, "arc_bench: pgz_new failed: %m\n");

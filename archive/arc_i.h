@@ -25,6 +25,14 @@
  */
 typedef ssize_t (*arc_fill_fn)(void *ctx, void *buf, size_t len);
 
+/* A source over bytes in memory (benchmarks, tests): arc_mem_fill with a struct arc_mem *. */
+struct arc_mem {
+	const unsigned char *p;
+	size_t len;
+	size_t pos;
+};
+ssize_t arc_mem_fill(void *ctx, void *buf, size_t len);
+
 /* Parallel gzip of a source of exactly @total bytes (pigz-style blocks). */
 struct pgz;
 

@@ -743,3 +743,14 @@ void pgz_free(struct pgz *z)
 	pthread_mutex_destroy(&z->lock);
 	free(z);
 }
+
+ssize_t arc_mem_fill(void *ctx, void *buf, size_t len)
+{
+	struct arc_mem *m = ctx;
+
+	if (len > m->len - m->pos)
+		len = m->len - m->pos;
+	memcpy(buf, m->p + m->pos, len);
+	m->pos += len;
+	return (ssize_t)len;
+}

@@ -728,23 +728,6 @@ static void test_stream_dir(void **state)
 
 /* ---- pgz: incompressible blocks written as stored deflate blocks ---- */
 
-struct mem_src {
-	const unsigned char *p;
-	size_t len;
-	size_t pos;
-};
-
-static ssize_t mem_fill(void *ctx, void *buf, size_t len)
-{
-	struct mem_src *m = ctx;
-
-	if (len > m->len - m->pos)
-		len = m->len - m->pos;
-	memcpy(buf, m->p + m->pos, len);
-	m->pos += len;
-	return (ssize_t)len;
-}
-
 /*
  * gzip @n bytes at @in with pgz, pulled @chunk bytes at a time; returns the
  * output (malloc'd, *out_len bytes).  *workers: threads it ran.
@@ -752,14 +735,14 @@ static ssize_t mem_fill(void *ctx, void *buf, size_t len)
 static unsigned char *pgz_all(const unsigned char *in, size_t n, int level, int threads,
 			      size_t block, size_t chunk, size_t *out_len, int *workers)
 {
-	struct mem_src m = { .p = in, .len = n };
+	struct arc_mem m = { .p = in, .len = n };
 	size_t cap = n + n / 2 + 4096, len = 0;
 	unsigned char *out = malloc(cap);
 	struct pgz *z = NULL;
 	ssize_t r;
 
 	assert_non_null(out);
-	assert_int_equal(pgz_new(level, threads, block, n, mem_fill, &m, &z), 0);
+	assert_int_equal(pgz_new(level, threads, block, n, arc_mem_fill, &m, &z), 0);
 	while ((r = pgz_read(z, out + len, cap - len < chunk ? cap - len : chunk)) > 0) {
 		len += (size_t)r;
 		assert_true(len < cap);	/* never fills it: the end is seen */
