@@ -888,11 +888,10 @@ static void backing_put(struct fs *fs, fuse_ino_t ino, struct fh *h)
 		n->backing_id = 0;
 	pthread_mutex_unlock(&fs->lock);
 	fs_pt_close(fs, id);
-	h->backing_id = 0;
 }
 
-/* Send the open/create reply; 0, or -ENOENT when the opener was interrupted (the handle is freed). */
-static int reply_opened(fuse_req_t req, fuse_ino_t ino, const struct fuse_entry_param *e,
+/* Send the open/create reply; when the opener was interrupted, the handle is freed here. */
+static void reply_opened(fuse_req_t req, fuse_ino_t ino, const struct fuse_entry_param *e,
 			struct fuse_file_info *fi)
 {
 	struct fs *fs = FS(req);
@@ -907,14 +906,13 @@ static int reply_opened(fuse_req_t req, fuse_ino_t ino, const struct fuse_entry_
 	rc = e ? fuse_reply_create(req, e, fi) : fuse_reply_open(req, fi);
 	fs_pt_next_reply(0);
 	if (rc != -ENOENT)
-		return 0;
+		return;
 	/* the opener was interrupted: nobody will release this handle */
 	if (h->writer)
 		writer_add(fs, ino, -1, unit, sizeof(unit));
 	backing_put(fs, ino, h);
 	close(h->fd);
 	free(h);
-	return -ENOENT;
 }
 
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
