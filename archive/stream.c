@@ -21,17 +21,18 @@
  */
 #include "archive/arc.h"
 #include "archive/arc_i.h"
+#include "common/digest.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#include <openssl/evp.h>
 
 /* One member of a directory unit: a directory or a regular file. */
 struct arc_ent {
@@ -54,7 +55,9 @@ struct arc_stream {
 	uint64_t size;		/* content bytes: exactly this much is read */
 	uint64_t raw_total;	/* header + data + padding + end blocks */
 	uint64_t raw_pos;
-	EVP_MD_CTX *md;		/* owned */
+	struct digest_sha256 sha;	/* of the content (a directory: of the tar) */
+	struct digest_md5 *ride_md5;	/* borrowed: fed every byte read out, or NULL */
+	struct digest_sha256 *ride_sha;
 	char sha_hex[65];
 	int sha_done;
 	struct pgz *pgz;	/* owned, gzip formats only */
@@ -104,18 +107,21 @@ const char *arc_format_suffix(enum arc_format f)
 
 static void sha_finish(struct arc_stream *s)
 {
-	static const char hex[] = "0123456789abcdef";
-	unsigned char md[EVP_MAX_MD_SIZE];
-	unsigned int mdlen = 0, i;
-
-	if (EVP_DigestFinal_ex(s->md, md, &mdlen) != 1 || mdlen != 32)
-		return;
-	for (i = 0; i < mdlen; i++) {
-		s->sha_hex[2 * i] = hex[md[i] >> 4];
-		s->sha_hex[2 * i + 1] = hex[md[i] & 15];
-	}
-	s->sha_hex[64] = '\0';
+	digest_sha256_hex(&s->sha, s->sha_hex);
 	s->sha_done = 1;
+}
+
+/*
+ * Hash @len bytes of the raw stream at @p: into the content's sha256 when
+ * @content, and into the riders when the raw stream is what is read out
+ * (ARC_TAR, ARC_NONE), all in one pass.
+ */
+static void raw_hash(struct arc_stream *s, const unsigned char *p, size_t len, int content)
+{
+	struct digest_md5 *m = s->pgz ? NULL : s->ride_md5;
+	struct digest_sha256 *r = s->pgz ? NULL : s->ride_sha;
+
+	digest_update(m, content ? &s->sha : NULL, r, p, len);
 }
 
 /* ---- directory units ---------------------------------------------------- */
@@ -279,8 +285,8 @@ static ssize_t raw_fill(void *ctx, void *buf, size_t len)
 				if (r == 0)
 					return -ENODATA;	/* shrank since open */
 				k = (size_t)r;
-				if (s->dirfd < 0 && EVP_DigestUpdate(s->md, dst + n, k) != 1)
-					return -ENOMEM;
+				if (s->dirfd < 0)
+					raw_hash(s, dst + n, k, 1);
 				atomic_fetch_add_explicit(&s->bytes_in, (uint64_t)r,
 							  memory_order_relaxed);
 				if (s->dirfd < 0 && rel + k == data_end)
@@ -298,8 +304,10 @@ static ssize_t raw_fill(void *ctx, void *buf, size_t len)
 				s->cur++;
 			}
 		}
-		if (s->dirfd >= 0 && EVP_DigestUpdate(s->md, dst + n, k) != 1)
-			return -ENOMEM;
+		if (s->dirfd >= 0)
+			raw_hash(s, dst + n, k, 1);
+		else if (!e || rel < e->hdr_len || rel >= data_end)
+			raw_hash(s, dst + n, k, 0);	/* tar headers and padding */
 		n += k;
 		s->raw_pos += k;
 		if (s->dirfd >= 0 && s->raw_pos == s->raw_total)
@@ -347,11 +355,7 @@ static struct arc_stream *stream_new(enum arc_format fmt, int fd, int dirfd)
 	s->fd = fd;
 	s->dirfd = dirfd;
 	s->cur_fd = -1;
-	s->md = EVP_MD_CTX_new();
-	if (!s->md || EVP_DigestInit_ex(s->md, EVP_sha256(), NULL) != 1) {
-		arc_stream_free(s);
-		return NULL;
-	}
+	digest_sha256_init(&s->sha);
 	return s;
 }
 
@@ -494,9 +498,11 @@ ssize_t arc_stream_read(struct arc_stream *s, void *buf, size_t len)
 		return s->err;
 	if (len > SSIZE_MAX)
 		len = SSIZE_MAX;
-	if (s->pgz)
+	if (s->pgz) {
 		r = pgz_read(s->pgz, buf, len);
-	else if (!len)
+		if (r > 0)
+			digest_update(s->ride_md5, NULL, s->ride_sha, buf, (size_t)r);
+	} else if (!len)
 		r = 0;
 	else
 		r = raw_fill(s, buf, len);
@@ -533,6 +539,12 @@ int arc_stream_workers(const struct arc_stream *s)
 	return pgz_workers(s->pgz);
 }
 
+void arc_stream_ride(struct arc_stream *s, struct digest_md5 *md5, struct digest_sha256 *sha)
+{
+	s->ride_md5 = md5;
+	s->ride_sha = sha;
+}
+
 int arc_stream_sha256(const struct arc_stream *s, char *hex_out)
 {
 	if (!s || !hex_out)
@@ -548,7 +560,6 @@ void arc_stream_free(struct arc_stream *s)
 	if (!s)
 		return;
 	pgz_free(s->pgz);
-	EVP_MD_CTX_free(s->md);
 	for (size_t i = 0; i < s->nents; i++) {
 		free(s->ents[i].path);
 		free(s->ents[i].hdr);

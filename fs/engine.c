@@ -14,7 +14,9 @@
  *   scheduler ──> due, no writer, not held ──> READY queue
  *   upload worker (4 x cfg->uploads threads, one S3 client each; a file
  *       needing multipart takes one of cfg->uploads slots first)
- *       archive stream (tar/gzip on all cores) ──> part buffers
+ *       archive stream (tar/gzip on all cores) ──> part buffers, each
+ *           part's MD5 and sha256 made as it is read (arc_stream_ride;
+ *           for tar and none in the same pass as the content's sha256)
  *       one part  ──> PUT with If-None-Match: *  (taken -> NAME_1...)
  *       more      ──> multipart: parts handed to the part senders
  *                     (uploads x parts_in_flight threads, one S3 client
@@ -46,6 +48,7 @@
 #include <unistd.h>
 
 #include "archive/arc.h"
+#include "common/digest.h"
 #include "common/log.h"
 #include "s3/s3.h"
 
@@ -98,6 +101,8 @@ struct part_task {
 	unsigned char *buf;	/* owned, of cap bytes (buf_get) */
 	size_t cap;
 	size_t len;
+	unsigned char md5[16];	/* of buf, hashed by the reader as it was filled */
+	char sha[65];
 	struct part_task *next;
 };
 
@@ -491,7 +496,7 @@ static void object_key(struct engine *e, const char *name, unsigned i, enum arc_
  * and as many zeroed pages, which showed as 40% of the daemon's CPU on an
  * uncompressed upload.  At most uploads x (parts_in_flight + 1) are kept,
  * the bound memory has anyway; other sizes (a part grown for a huge file)
- * are plain malloc and free.
+ * are freed after use.
  */
 static unsigned char *buf_get(struct engine *e, size_t size)
 {
@@ -562,11 +567,10 @@ static void send_part(struct s3_client *c, struct part_task *t)
 {
 	struct job *j = t->job;
 	struct engine *e = j->e;
-	unsigned char md5[16];
-	char sha[65], etag[S3_ETAG_MAX], hex[33];
+	char etag[S3_ETAG_MAX], hex[33];
 	int rc = 0, skip = 0;
 
-	s3_body_hashes(t->buf, t->len, md5, hex, NULL);
+	digest_hex(t->md5, sizeof(t->md5), hex);
 	skip = j->dry;
 	for (size_t i = 0; i < j->nhave; i++) {
 		if (j->have[i].partno == t->partno && !strcmp(j->have[i].etag, hex) &&
@@ -578,10 +582,9 @@ static void send_part(struct s3_client *c, struct part_task *t)
 		rc = j->rc;	/* the upload failed already: do not send more */
 	pthread_mutex_unlock(&j->lock);
 	if (!rc && !skip) {
-		s3_body_hashes(t->buf, t->len, NULL, NULL, sha);
 		s3_client_set_cancel(c, &j->u->cancel);
-		rc = s3_mpu_put_part(c, j->key, j->upload_id, t->partno, t->buf, t->len, md5, sha,
-				     etag);
+		rc = s3_mpu_put_part(c, j->key, j->upload_id, t->partno, t->buf, t->len, t->md5,
+				     t->sha, etag);
 		s3_client_set_cancel(c, NULL);
 		if (rc)
 			job_fail(j, rc, s3_client_error(c));
@@ -592,7 +595,7 @@ static void send_part(struct s3_client *c, struct part_task *t)
 	if (!rc) {
 		struct s3_part *p = &j->parts[t->partno - 1];
 
-		memcpy(j->md5s[t->partno - 1], md5, 16);
+		memcpy(j->md5s[t->partno - 1], t->md5, 16);
 		p->partno = t->partno;
 		p->size = t->len;
 		snprintf(p->etag, sizeof(p->etag), "%s", skip ? hex : etag);
@@ -739,16 +742,16 @@ static int find_duplicate(struct engine *e, struct s3_client *c, uint64_t self,
 	return found;
 }
 
+/* One PUT of @buf, whose MD5 and sha256 (hex) the reader made as it filled it. */
 static int upload_single(struct engine *e, struct s3_client *c, struct unit *u, const char *name,
-			 unsigned char *buf, size_t len, struct s3_meta *meta, size_t nmeta,
-			 struct result *r)
+			 unsigned char *buf, size_t len, const unsigned char md5[16],
+			 const char *sha, struct s3_meta *meta, size_t nmeta, struct result *r)
 {
 	struct s3_object_info info;
-	unsigned char md5[16];
-	char sha[65], hex[33];
+	char hex[33];
 	int rc = -EEXIST;
 
-	s3_body_hashes(buf, len, md5, hex, sha);
+	digest_hex(md5, 16, hex);
 	s3_client_set_cancel(c, &u->cancel);
 	for (unsigned i = 0; rc == -EEXIST && i < MAX_NAME_TRIES; i++) {
 		object_key(e, name, i, r->fmt, r->key, sizeof(r->key));
@@ -816,14 +819,23 @@ static int save_mpu_fn(struct store_record *rec, void *arg)
 	return 0;
 }
 
+/*
+ * A multipart upload.  @first (@first_len bytes, hashed @md5 / @sha) is
+ * part 1; @carry is the byte read after it, already fed to @rm / @rs, the
+ * hashes the stream feeds as it is read: each part's are taken from them
+ * when it is full.
+ */
 static int upload_multi(struct engine *e, struct s3_client *c, struct unit *u,
 			const struct store_record *rec, const char *name, struct arc_stream *as,
-			unsigned char *first, size_t first_len, int carry, size_t part_size, int fd,
-			const struct stat *st, struct s3_meta *meta, size_t nmeta, struct result *r)
+			unsigned char *first, size_t first_len, const unsigned char md5[16],
+			const char *sha1, int carry, struct digest_md5 *rm, struct digest_sha256 *rs,
+			size_t part_size, int fd, const struct stat *st, struct s3_meta *meta,
+			size_t nmeta, struct result *r)
 {
 	struct job j = { 0 };
 	struct s3_object_info info;
-	unsigned char *buf = first;
+	unsigned char *buf = first, cur_md5[16];
+	char cur_sha[65];
 	size_t len = first_len, cap = 0;
 	uint32_t partno = 0;
 	char want[S3_ETAG_MAX], sha[65];
@@ -884,6 +896,8 @@ static int upload_multi(struct engine *e, struct s3_client *c, struct unit *u,
 	j.key = r->key;
 	j.upload_id = r->upload_id;
 	r->resumable = 1;
+	memcpy(cur_md5, md5, sizeof(cur_md5));
+	memcpy(cur_sha, sha1, sizeof(cur_sha));
 
 	for (;;) {
 		struct part_task *t;
@@ -922,8 +936,10 @@ static int upload_multi(struct engine *e, struct s3_client *c, struct unit *u,
 		t->job = &j;
 		t->partno = ++partno;
 		t->buf = buf;
-		t->cap = part_size + 1;
+		t->cap = part_size;
 		t->len = len;
+		memcpy(t->md5, cur_md5, sizeof(t->md5));
+		memcpy(t->sha, cur_sha, sizeof(t->sha));
 		total += len;
 		buf = NULL;
 		pthread_mutex_lock(&j.lock);
@@ -944,7 +960,7 @@ static int upload_multi(struct engine *e, struct s3_client *c, struct unit *u,
 		pthread_mutex_unlock(&j.lock);
 		if (rc)
 			break;
-		buf = buf_get(e, part_size + 1);
+		buf = buf_get(e, part_size);
 		if (!buf) {
 			rc = -ENOMEM;
 			break;
@@ -963,9 +979,13 @@ static int upload_multi(struct engine *e, struct s3_client *c, struct unit *u,
 				break;
 			}
 			len = (size_t)n + head;
+			digest_md5_final(rm, cur_md5);
+			digest_sha256_hex(rs, cur_sha);
+			digest_md5_init(rm);
+			digest_sha256_init(rs);
 		}
 	}
-	buf_put(e, buf, part_size + 1);
+	buf_put(e, buf, part_size);
 	pthread_mutex_lock(&j.lock);
 	while (j.inflight > 0)
 		pthread_cond_wait(&j.cond, &j.lock);
@@ -1078,8 +1098,11 @@ static int upload_unit(struct engine *e, struct s3_client *c, struct unit *u,
 	struct arc_opts opts = { 0 };
 	struct arc_stream *as = NULL;
 	struct s3_meta meta[8];
-	unsigned char *buf = NULL;
-	char path[PATH_MAX], sha[65], size_s[32], time_s[32], eb[128];
+	struct digest_md5 pm, nm;
+	struct digest_sha256 ps, ns;
+	unsigned char *buf = NULL, md5[16], carry = 0;
+	char path[PATH_MAX], sha[65], psha[65], size_s[32], time_s[32], eb[128];
+	ssize_t more = 0;
 	size_t nmeta = 0, part_size = 0;
 	uint64_t total;
 	struct stat st;
@@ -1135,17 +1158,29 @@ static int upload_unit(struct engine *e, struct s3_client *c, struct unit *u,
 		big_slot(e, 1);
 		buf_warm(e);
 	}
-	/* one byte more than a part: a stream of exactly one part is one PUT */
-	buf = buf_get(e, part_size + 1);
+	buf = buf_get(e, part_size);
 	if (!buf) {
 		rc = -ENOMEM;
 		goto out;
 	}
-	n = fill(as, buf, part_size + 1);
-	if (n < 0) {
-		rc = (int)n;
+	/* the part's MD5 and sha256 are made as the stream is read, in one pass */
+	digest_md5_init(&pm);
+	digest_sha256_init(&ps);
+	arc_stream_ride(as, &pm, &ps);
+	n = fill(as, buf, part_size);
+	/* a byte more tells one part from more: it starts the next part's hashes */
+	digest_md5_init(&nm);
+	digest_sha256_init(&ns);
+	arc_stream_ride(as, &nm, &ns);
+	if (n == (ssize_t)part_size)
+		more = fill(as, &carry, 1);
+	if (n < 0 || more < 0) {
+		rc = n < 0 ? (int)n : (int)more;
 		goto read_error;
 	}
+
+	digest_md5_final(&pm, md5);
+	digest_sha256_hex(&ps, psha);
 	atomic_store(&u->done, arc_stream_bytes_in(as));
 	snprintf(size_s, sizeof(size_s), "%llu", (unsigned long long)total);
 	store_format_time(rec->started_at ? rec->started_at : fs_now(), time_s, sizeof(time_s));
@@ -1153,7 +1188,7 @@ static int upload_unit(struct engine *e, struct s3_client *c, struct unit *u,
 	put_meta(meta, &nmeta, "mgmt-original-size", size_s);
 	put_meta(meta, &nmeta, "mgmt-compression", arc_format_name(r->fmt));
 	put_meta(meta, &nmeta, "mgmt-started-at", time_s);
-	if ((size_t)n <= part_size) {
+	if (!more) {
 		/* the whole stream fits in one part: its checksum is known before the PUT */
 		arc_stream_sha256(as, sha);
 		snprintf(r->checksum, sizeof(r->checksum), "sha256:%s", sha);
@@ -1165,12 +1200,12 @@ static int upload_unit(struct engine *e, struct s3_client *c, struct unit *u,
 			goto out;
 		if (!u->upload_again && find_duplicate(e, c, u->id, r->checksum, r))
 			goto out;
-		rc = upload_single(e, c, u, name, buf, (size_t)n, meta, nmeta, r);
+		rc = upload_single(e, c, u, name, buf, (size_t)n, md5, psha, meta, nmeta, r);
 		if (rc && !r->error[0])
 			snprintf(r->error, sizeof(r->error), "%s", s3_client_error(c));
 	} else {
-		rc = upload_multi(e, c, u, rec, name, as, buf, part_size, buf[part_size], part_size,
-				  fd, &st, meta, nmeta, r);
+		rc = upload_multi(e, c, u, rec, name, as, buf, part_size, md5, psha, carry, &nm, &ns,
+				  part_size, fd, &st, meta, nmeta, r);
 		buf = NULL;	/* taken by the first part */
 		if (rc == -ENODATA || (rc < 0 && rc != -ECANCELED && !r->error[0]))
 			goto read_error;
@@ -1188,7 +1223,7 @@ read_error:
 		snprintf(r->error, sizeof(r->error), "cannot read 'pending/%s': %s", name,
 			 mgmtfs_strerror(rc, eb, sizeof(eb)));
 out:
-	buf_put(e, buf, part_size + 1);
+	buf_put(e, buf, part_size);
 	arc_stream_free(as);
 	if (big)
 		big_slot(e, 0);
@@ -1749,7 +1784,7 @@ int engine_new(struct fs *fs, struct engine **out)
 	pthread_cond_init(&e->big_cond, NULL);
 	e->big_free = cfg->uploads;
 	pthread_mutex_init(&e->pool_lock, NULL);
-	e->pool_size = cfg->part_size + 1;
+	e->pool_size = cfg->part_size;
 	e->pool_max = cfg->uploads * (cfg->parts_in_flight + 1);
 	e->pool = calloc((size_t)e->pool_max, sizeof(*e->pool));
 	if (!e->pool) {

@@ -162,14 +162,6 @@ int s3_get_object(struct s3_client *c, const char *key,
 		  int (*cb)(const void *data, size_t len, void *arg), void *arg);
 
 /*
- * The hashes a body is sent with: its MD5 (binary, 16 bytes; and as hex
- * with NUL, 33 bytes, the ETag S3 gives a single PUT or part) and its
- * SHA-256 as hex (65 bytes with NUL).  Any output may be NULL.  Thread-safe.
- */
-void s3_body_hashes(const void *body, size_t len, unsigned char *md5, char *md5_hex,
-		    char *sha256_hex);
-
-/*
  * Part size for an object of about @size bytes: @min_part, grown (to a
  * whole MiB) so that no object needs more than 9,000 parts (S3 allows
  * 10,000; the margin covers archive overhead), at most 5 GiB a part.

@@ -359,18 +359,3 @@ size_t s3_part_size(uint64_t size, size_t min_part)
 		ps = (need + mib - 1) / mib * mib;
 	return (size_t)(ps > max_part ? max_part : ps);
 }
-
-void s3_body_hashes(const void *body, size_t len, unsigned char *md5, char *md5_hex,
-		    char *sha256_hex)
-{
-	unsigned char m[16];
-
-	if ((md5 || md5_hex) && sigv4_md5(body, len, m) == 0) {
-		if (md5)
-			memcpy(md5, m, sizeof(m));
-		if (md5_hex)
-			sigv4_hex(m, sizeof(m), md5_hex);
-	}
-	if (sha256_hex)
-		sigv4_sha256_hex(body, len, sha256_hex);
-}

@@ -24,6 +24,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "common/digest.h"
+
 #include <openssl/evp.h>
 #include <zlib.h>
 
@@ -188,6 +190,74 @@ static int stream_to(const struct arc_opts *o, const char *src, const char *name
 	close(fd);
 	free(buf);
 	return rc;
+}
+
+/*
+ * The per-part hashes that ride on the stream (arc_stream_ride): read a
+ * stream of every format in "parts" of @part bytes, switching to fresh
+ * states at every part boundary as the uploader does, and compare each
+ * part's MD5 and sha256 with OpenSSL's of the bytes read out; the content's
+ * sha256 must still be the file's.
+ */
+static void ride_parts(struct fixture *f, enum arc_format fmt, size_t size, size_t part)
+{
+	struct arc_opts o = { .format = fmt, .threads = 2, .block_size = SMALL_BLOCK, .level = 1 };
+	char src[300], hex[65], want[65];
+	unsigned char *buf = malloc(part), dm[16], ds[32], rm[16], rs[32];
+	struct arc_stream *s = NULL;
+	struct stat st;
+	int fd, parts = 0;
+
+	assert_non_null(buf);
+	snprintf(src, sizeof(src), "%s/ride.bin", f->dir);
+	make_file(src, size, MIXED, size);
+	fd = open(src, O_RDONLY | O_CLOEXEC);
+	assert_true(fd >= 0);
+	assert_int_equal(fstat(fd, &st), 0);
+	assert_int_equal(arc_stream_open_file(&o, fd, "ride.bin", &st, &s), 0);
+	for (;;) {
+		struct digest_md5 m;
+		struct digest_sha256 h;
+		size_t got = 0;
+		ssize_t r;
+
+		digest_md5_init(&m);
+		digest_sha256_init(&h);
+		arc_stream_ride(s, &m, &h);
+		/* odd read sizes: pieces that do not fall on 64-byte blocks */
+		while (got < part && (r = arc_stream_read(s, buf + got,
+							   part - got < 777 ? part - got : 777)) > 0)
+			got += (size_t)r;
+		if (!got)
+			break;
+		digest_md5_final(&m, dm);
+		digest_sha256_final(&h, ds);
+		assert_int_equal(EVP_Digest(buf, got, rm, NULL, EVP_md5(), NULL), 1);
+		assert_int_equal(EVP_Digest(buf, got, rs, NULL, EVP_sha256(), NULL), 1);
+		assert_memory_equal(dm, rm, 16);
+		assert_memory_equal(ds, rs, 32);
+		parts++;
+	}
+	assert_true(parts >= 1 || (fmt == ARC_NONE && size == 0));
+	arc_stream_ride(s, NULL, NULL);
+	assert_int_equal(arc_stream_sha256(s, hex), 0);
+	sha256_file(src, want);
+	assert_string_equal(hex, want);
+	arc_stream_free(s);
+	close(fd);
+	free(buf);
+}
+
+static void test_stream_ride(void **state)
+{
+	static const enum arc_format fmts[] = { ARC_TAR_GZ, ARC_GZIP, ARC_TAR, ARC_NONE };
+
+	for (size_t i = 0; i < sizeof(fmts) / sizeof(fmts[0]); i++) {
+		ride_parts(*state, fmts[i], 0, 4096);
+		ride_parts(*state, fmts[i], 1000, 4096);
+		ride_parts(*state, fmts[i], 300000, 65536);	/* 64-aligned parts */
+		ride_parts(*state, fmts[i], 300001, 50001);	/* parts off the 64-byte grid */
+	}
 }
 
 /* Check @arc (format @fmt) holds @src as @name, with the real tools. */
@@ -1106,6 +1176,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_pgz_run_after_header, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_pgz_runs_in_block, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_pgz_short_runs_deflated, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_stream_ride, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,558 @@
+/*
+ * digest.c - MD5 (RFC 1321) and SHA-256 (FIPS 180-4), one pass for both.
+ *
+ * The SHA-256 rounds use the x86 SHA extensions when the CPU has them
+ * (sha256rnds2 does two rounds, sha256msg1/2 the message schedule); the
+ * state then lives in two registers as ABEF and CDGH.  The fused kernel
+ * runs 4 MD5 steps after every 4 SHA rounds so that the out-of-order core
+ * overlaps them: MD5 is one long dependency chain on the integer units,
+ * SHA-256 another on the vector unit.
+ */
+#include "common/digest.h"
+
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+#include <immintrin.h>
+#define DG_X86 1
+#define DG_TARGET __attribute__((target("sha,sse4.1,ssse3")))
+#else
+#define DG_X86 0
+#endif
+
+#define DG_INLINE static inline __attribute__((always_inline))
+
+static const uint32_t md5_t[64] = {
+	0xd76aa478, 0xe8c7b756, 0x242070db, 0xc1bdceee,
+	0xf57c0faf, 0x4787c62a, 0xa8304613, 0xfd469501,
+	0x698098d8, 0x8b44f7af, 0xffff5bb1, 0x895cd7be,
+	0x6b901122, 0xfd987193, 0xa679438e, 0x49b40821,
+	0xf61e2562, 0xc040b340, 0x265e5a51, 0xe9b6c7aa,
+	0xd62f105d, 0x02441453, 0xd8a1e681, 0xe7d3fbc8,
+	0x21e1cde6, 0xc33707d6, 0xf4d50d87, 0x455a14ed,
+	0xa9e3e905, 0xfcefa3f8, 0x676f02d9, 0x8d2a4c8a,
+	0xfffa3942, 0x8771f681, 0x6d9d6122, 0xfde5380c,
+	0xa4beea44, 0x4bdecfa9, 0xf6bb4b60, 0xbebfbc70,
+	0x289b7ec6, 0xeaa127fa, 0xd4ef3085, 0x04881d05,
+	0xd9d4d039, 0xe6db99e5, 0x1fa27cf8, 0xc4ac5665,
+	0xf4292244, 0x432aff97, 0xab9423a7, 0xfc93a039,
+	0x655b59c3, 0x8f0ccc92, 0xffeff47d, 0x85845dd1,
+	0x6fa87e4f, 0xfe2ce6e0, 0xa3014314, 0x4e0811a1,
+	0xf7537e82, 0xbd3af235, 0x2ad7d2bb, 0xeb86d391
+};
+
+static const uint32_t sha_k[64] = {
+	0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5,
+	0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+	0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3,
+	0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+	0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc,
+	0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+	0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
+	0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+	0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13,
+	0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+	0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3,
+	0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+	0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5,
+	0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+	0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208,
+	0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2
+};
+
+static int use_accel = -1;	/* -1: not probed yet */
+
+static uint32_t rol32(uint32_t x, unsigned s)
+{
+	return (x << s) | (x >> (32 - s));
+}
+
+static uint32_t ror32(uint32_t x, unsigned s)
+{
+	return (x >> s) | (x << (32 - s));
+}
+
+static uint32_t le32(const unsigned char *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint32_t be32(const unsigned char *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
+}
+
+/* ---- MD5 ---------------------------------------------------------------- */
+
+#define F1(b, c, d) ((d) ^ ((b) & ((c) ^ (d))))
+#define F2(b, c, d) ((c) ^ ((d) & ((b) ^ (c))))
+#define F3(b, c, d) ((b) ^ (c) ^ (d))
+#define F4(b, c, d) ((c) ^ ((b) | ~(d)))
+#define STEP(f, a, b, c, d, k, i, s) ((a) = (b) + rol32((a) + f(b, c, d) + x[k] + md5_t[i], s))
+
+/* Steps 4q .. 4q+3 of one block (@q a constant once inlined); @x the block's words. */
+DG_INLINE void md5_quad(uint32_t *a, uint32_t *b, uint32_t *c, uint32_t *d, const uint32_t x[16],
+			int q)
+{
+	switch (q) {
+	case 0:
+		STEP(F1, *a, *b, *c, *d, 0, 0, 7);
+		STEP(F1, *d, *a, *b, *c, 1, 1, 12);
+		STEP(F1, *c, *d, *a, *b, 2, 2, 17);
+		STEP(F1, *b, *c, *d, *a, 3, 3, 22);
+		break;
+	case 1:
+		STEP(F1, *a, *b, *c, *d, 4, 4, 7);
+		STEP(F1, *d, *a, *b, *c, 5, 5, 12);
+		STEP(F1, *c, *d, *a, *b, 6, 6, 17);
+		STEP(F1, *b, *c, *d, *a, 7, 7, 22);
+		break;
+	case 2:
+		STEP(F1, *a, *b, *c, *d, 8, 8, 7);
+		STEP(F1, *d, *a, *b, *c, 9, 9, 12);
+		STEP(F1, *c, *d, *a, *b, 10, 10, 17);
+		STEP(F1, *b, *c, *d, *a, 11, 11, 22);
+		break;
+	case 3:
+		STEP(F1, *a, *b, *c, *d, 12, 12, 7);
+		STEP(F1, *d, *a, *b, *c, 13, 13, 12);
+		STEP(F1, *c, *d, *a, *b, 14, 14, 17);
+		STEP(F1, *b, *c, *d, *a, 15, 15, 22);
+		break;
+	case 4:
+		STEP(F2, *a, *b, *c, *d, 1, 16, 5);
+		STEP(F2, *d, *a, *b, *c, 6, 17, 9);
+		STEP(F2, *c, *d, *a, *b, 11, 18, 14);
+		STEP(F2, *b, *c, *d, *a, 0, 19, 20);
+		break;
+	case 5:
+		STEP(F2, *a, *b, *c, *d, 5, 20, 5);
+		STEP(F2, *d, *a, *b, *c, 10, 21, 9);
+		STEP(F2, *c, *d, *a, *b, 15, 22, 14);
+		STEP(F2, *b, *c, *d, *a, 4, 23, 20);
+		break;
+	case 6:
+		STEP(F2, *a, *b, *c, *d, 9, 24, 5);
+		STEP(F2, *d, *a, *b, *c, 14, 25, 9);
+		STEP(F2, *c, *d, *a, *b, 3, 26, 14);
+		STEP(F2, *b, *c, *d, *a, 8, 27, 20);
+		break;
+	case 7:
+		STEP(F2, *a, *b, *c, *d, 13, 28, 5);
+		STEP(F2, *d, *a, *b, *c, 2, 29, 9);
+		STEP(F2, *c, *d, *a, *b, 7, 30, 14);
+		STEP(F2, *b, *c, *d, *a, 12, 31, 20);
+		break;
+	case 8:
+		STEP(F3, *a, *b, *c, *d, 5, 32, 4);
+		STEP(F3, *d, *a, *b, *c, 8, 33, 11);
+		STEP(F3, *c, *d, *a, *b, 11, 34, 16);
+		STEP(F3, *b, *c, *d, *a, 14, 35, 23);
+		break;
+	case 9:
+		STEP(F3, *a, *b, *c, *d, 1, 36, 4);
+		STEP(F3, *d, *a, *b, *c, 4, 37, 11);
+		STEP(F3, *c, *d, *a, *b, 7, 38, 16);
+		STEP(F3, *b, *c, *d, *a, 10, 39, 23);
+		break;
+	case 10:
+		STEP(F3, *a, *b, *c, *d, 13, 40, 4);
+		STEP(F3, *d, *a, *b, *c, 0, 41, 11);
+		STEP(F3, *c, *d, *a, *b, 3, 42, 16);
+		STEP(F3, *b, *c, *d, *a, 6, 43, 23);
+		break;
+	case 11:
+		STEP(F3, *a, *b, *c, *d, 9, 44, 4);
+		STEP(F3, *d, *a, *b, *c, 12, 45, 11);
+		STEP(F3, *c, *d, *a, *b, 15, 46, 16);
+		STEP(F3, *b, *c, *d, *a, 2, 47, 23);
+		break;
+	case 12:
+		STEP(F4, *a, *b, *c, *d, 0, 48, 6);
+		STEP(F4, *d, *a, *b, *c, 7, 49, 10);
+		STEP(F4, *c, *d, *a, *b, 14, 50, 15);
+		STEP(F4, *b, *c, *d, *a, 5, 51, 21);
+		break;
+	case 13:
+		STEP(F4, *a, *b, *c, *d, 12, 52, 6);
+		STEP(F4, *d, *a, *b, *c, 3, 53, 10);
+		STEP(F4, *c, *d, *a, *b, 10, 54, 15);
+		STEP(F4, *b, *c, *d, *a, 1, 55, 21);
+		break;
+	case 14:
+		STEP(F4, *a, *b, *c, *d, 8, 56, 6);
+		STEP(F4, *d, *a, *b, *c, 15, 57, 10);
+		STEP(F4, *c, *d, *a, *b, 6, 58, 15);
+		STEP(F4, *b, *c, *d, *a, 13, 59, 21);
+		break;
+	case 15:
+		STEP(F4, *a, *b, *c, *d, 4, 60, 6);
+		STEP(F4, *d, *a, *b, *c, 11, 61, 10);
+		STEP(F4, *c, *d, *a, *b, 2, 62, 15);
+		STEP(F4, *b, *c, *d, *a, 9, 63, 21);
+		break;
+	default:
+		break;
+	}
+}
+
+DG_INLINE void md5_words(uint32_t x[16], const unsigned char *p)
+{
+	for (int i = 0; i < 16; i++)
+		x[i] = le32(p + 4 * i);
+}
+
+static void md5_blocks(uint32_t h[4], const unsigned char *p, size_t n)
+{
+	for (; n; n--, p += 64) {
+		uint32_t x[16], a = h[0], b = h[1], c = h[2], d = h[3];
+
+		md5_words(x, p);
+#pragma GCC unroll 16
+		for (int q = 0; q < 16; q++)
+			md5_quad(&a, &b, &c, &d, x, q);
+		h[0] += a;
+		h[1] += b;
+		h[2] += c;
+		h[3] += d;
+	}
+}
+
+/* ---- SHA-256, portable -------------------------------------------------- */
+
+static void sha_blocks_c(uint32_t h[8], const unsigned char *p, size_t n)
+{
+	for (; n; n--, p += 64) {
+		uint32_t w[64], v[8];
+
+		for (int i = 0; i < 16; i++)
+			w[i] = be32(p + 4 * i);
+		for (int i = 16; i < 64; i++) {
+			uint32_t s0 = ror32(w[i - 15], 7) ^ ror32(w[i - 15], 18) ^ (w[i - 15] >> 3);
+			uint32_t s1 = ror32(w[i - 2], 17) ^ ror32(w[i - 2], 19) ^ (w[i - 2] >> 10);
+
+			w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+		}
+		memcpy(v, h, sizeof(v));
+		for (int i = 0; i < 64; i++) {
+			uint32_t e = v[4], a = v[0];
+			uint32_t t1 = v[7] + (ror32(e, 6) ^ ror32(e, 11) ^ ror32(e, 25)) +
+				      ((e & v[5]) ^ (~e & v[6])) + sha_k[i] + w[i];
+			uint32_t t2 = (ror32(a, 2) ^ ror32(a, 13) ^ ror32(a, 22)) +
+				      ((a & v[1]) ^ (a & v[2]) ^ (v[1] & v[2]));
+
+			memmove(v + 1, v, 7 * sizeof(*v));
+			v[4] += t1;
+			v[0] = t1 + t2;
+		}
+		for (int i = 0; i < 8; i++)
+			h[i] += v[i];
+	}
+}
+
+/* ---- SHA-256 with the SHA extensions, MD5 interleaved ------------------- */
+
+#if DG_X86
+DG_TARGET DG_INLINE void sha_load(const uint32_t h[8], __m128i *abef, __m128i *cdgh)
+{
+	__m128i t = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)h), 0xB1);
+	__m128i u = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)(h + 4)), 0x1B);
+
+	*abef = _mm_alignr_epi8(t, u, 8);
+	*cdgh = _mm_blend_epi16(u, t, 0xF0);
+}
+
+DG_TARGET DG_INLINE void sha_store(uint32_t h[8], __m128i abef, __m128i cdgh)
+{
+	__m128i t = _mm_shuffle_epi32(abef, 0x1B);
+	__m128i u = _mm_shuffle_epi32(cdgh, 0xB1);
+
+	_mm_storeu_si128((__m128i *)h, _mm_blend_epi16(t, u, 0xF0));
+	_mm_storeu_si128((__m128i *)(h + 4), _mm_alignr_epi8(u, t, 8));
+}
+
+/* Four rounds: message words @wk (already plus K) into one state. */
+DG_TARGET DG_INLINE void sha_quad(__m128i *abef, __m128i *cdgh, __m128i wk)
+{
+	*cdgh = _mm_sha256rnds2_epu32(*cdgh, *abef, wk);
+	*abef = _mm_sha256rnds2_epu32(*abef, *cdgh, _mm_shuffle_epi32(wk, 0x0E));
+}
+
+/*
+ * @n blocks into the sha256 state @a, and into @b and the MD5 state @m when
+ * asked: @two and @md5 are constants in every caller, so each caller is its
+ * own specialised loop.
+ */
+DG_TARGET DG_INLINE void fused(uint32_t *m, uint32_t *a, uint32_t *b, const unsigned char *p,
+			       size_t n, const int md5, const int two)
+{
+	const __m128i swap = _mm_set_epi64x(0x0c0d0e0f08090a0bLL, 0x0405060700010203LL);
+	__m128i a0, a1, b0 = _mm_setzero_si128(), b1 = _mm_setzero_si128();
+
+	sha_load(a, &a0, &a1);
+	if (two)
+		sha_load(b, &b0, &b1);
+	for (; n; n--, p += 64) {
+		__m128i w[16], sa0 = a0, sa1 = a1, sb0 = b0, sb1 = b1;
+		uint32_t x[16], ma = 0, mb = 0, mc = 0, md = 0;
+
+		if (md5) {
+			md5_words(x, p);
+			ma = m[0];
+			mb = m[1];
+			mc = m[2];
+			md = m[3];
+		}
+#pragma GCC unroll 16
+		for (int q = 0; q < 16; q++) {
+			__m128i wk;
+
+			if (q < 4)
+				w[q] = _mm_shuffle_epi8(
+					_mm_loadu_si128((const __m128i *)(p + 16 * q)), swap);
+			else
+				w[q] = _mm_sha256msg2_epu32(
+					_mm_add_epi32(_mm_sha256msg1_epu32(w[q - 4], w[q - 3]),
+						      _mm_alignr_epi8(w[q - 1], w[q - 2], 4)),
+					w[q - 1]);
+			wk = _mm_add_epi32(w[q], _mm_loadu_si128((const __m128i *)(sha_k + 4 * q)));
+			sha_quad(&a0, &a1, wk);
+			if (two)
+				sha_quad(&b0, &b1, wk);
+			if (md5)
+				md5_quad(&ma, &mb, &mc, &md, x, q);
+		}
+		a0 = _mm_add_epi32(a0, sa0);
+		a1 = _mm_add_epi32(a1, sa1);
+		if (two) {
+			b0 = _mm_add_epi32(b0, sb0);
+			b1 = _mm_add_epi32(b1, sb1);
+		}
+		if (md5) {
+			m[0] += ma;
+			m[1] += mb;
+			m[2] += mc;
+			m[3] += md;
+		}
+	}
+	sha_store(a, a0, a1);
+	if (two)
+		sha_store(b, b0, b1);
+}
+
+DG_TARGET static void fused_s(uint32_t *a, const unsigned char *p, size_t n)
+{
+	fused(NULL, a, NULL, p, n, 0, 0);
+}
+
+DG_TARGET static void fused_ss(uint32_t *a, uint32_t *b, const unsigned char *p, size_t n)
+{
+	fused(NULL, a, b, p, n, 0, 1);
+}
+
+DG_TARGET static void fused_ms(uint32_t *m, uint32_t *a, const unsigned char *p, size_t n)
+{
+	fused(m, a, NULL, p, n, 1, 0);
+}
+
+DG_TARGET static void fused_mss(uint32_t *m, uint32_t *a, uint32_t *b, const unsigned char *p,
+				size_t n)
+{
+	fused(m, a, b, p, n, 1, 1);
+}
+
+static int probe(void)
+{
+	unsigned int eax, ebx, ecx, edx;
+
+	if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !(ecx & bit_SSSE3) ||
+	    !(ecx & bit_SSE4_1))
+		return 0;
+	if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx))
+		return 0;
+	return (ebx & bit_SHA) != 0;
+}
+#else
+static int probe(void)
+{
+	return 0;
+}
+#endif
+
+int digest_accelerated(void)
+{
+	if (use_accel < 0)
+		use_accel = probe();
+	return use_accel;
+}
+
+void digest_portable(int on)
+{
+	use_accel = on ? 0 : probe();
+}
+
+/* @n whole blocks into every state given. */
+static void blocks(struct digest_md5 *m, struct digest_sha256 *a, struct digest_sha256 *b,
+		   const unsigned char *p, size_t n)
+{
+	if (!a) {
+		a = b;
+		b = NULL;
+	}
+#if DG_X86
+	if (a && digest_accelerated()) {
+		if (m && b)
+			fused_mss(m->h, a->h, b->h, p, n);
+		else if (m)
+			fused_ms(m->h, a->h, p, n);
+		else if (b)
+			fused_ss(a->h, b->h, p, n);
+		else
+			fused_s(a->h, p, n);
+		return;
+	}
+#endif
+	if (m)
+		md5_blocks(m->h, p, n);
+	if (a)
+		sha_blocks_c(a->h, p, n);
+	if (b)
+		sha_blocks_c(b->h, p, n);
+}
+
+void digest_md5_init(struct digest_md5 *m)
+{
+	static const uint32_t iv[4] = { 0x67452301, 0xefcdab89, 0x98badcfe, 0x10325476 };
+
+	memcpy(m->h, iv, sizeof(iv));
+	m->n = 0;
+}
+
+void digest_sha256_init(struct digest_sha256 *s)
+{
+	static const uint32_t iv[8] = { 0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+					0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19 };
+
+	memcpy(s->h, iv, sizeof(iv));
+	s->n = 0;
+}
+
+/* Feed one state on its own: @buf/@n are its pending bytes and count. */
+static void feed_one(struct digest_md5 *m, struct digest_sha256 *s, const unsigned char *p,
+		     size_t len)
+{
+	unsigned char *buf = m ? m->buf : s->buf;
+	uint64_t *count = m ? &m->n : &s->n;
+	size_t have = (size_t)(*count % 64), k;
+
+	*count += len;
+	if (have) {
+		k = 64 - have < len ? 64 - have : len;
+		memcpy(buf + have, p, k);
+		p += k;
+		len -= k;
+		if (have + k < 64)
+			return;
+		blocks(m, s, NULL, buf, 1);
+	}
+	blocks(m, s, NULL, p, len / 64);
+	memcpy(buf, p + len / 64 * 64, len % 64);
+}
+
+void digest_update(struct digest_md5 *m, struct digest_sha256 *a, struct digest_sha256 *b,
+		   const void *data, size_t len)
+{
+	const unsigned char *p = data;
+	uint64_t at = m ? m->n : a ? a->n : b ? b->n : 0;
+	size_t head, whole;
+
+	if ((m && m->n % 64 != at % 64) || (a && a->n % 64 != at % 64) ||
+	    (b && b->n % 64 != at % 64)) {
+		if (m)
+			feed_one(m, NULL, p, len);
+		if (a)
+			feed_one(NULL, a, p, len);
+		if (b)
+			feed_one(NULL, b, p, len);
+		return;
+	}
+	/* all at the same offset in a block: the same bytes complete it */
+	head = at % 64 ? 64 - (size_t)(at % 64) : 0;
+	if (head > len)
+		head = len;
+	if (head) {
+		if (m)
+			feed_one(m, NULL, p, head);
+		if (a)
+			feed_one(NULL, a, p, head);
+		if (b)
+			feed_one(NULL, b, p, head);
+		p += head;
+		len -= head;
+	}
+	whole = len / 64;
+	blocks(m, a, b, p, whole);
+	p += whole * 64;
+	len -= whole * 64;
+	if (m) {
+		m->n += whole * 64 + len;
+		memcpy(m->buf, p, len);
+	}
+	if (a) {
+		a->n += whole * 64 + len;
+		memcpy(a->buf, p, len);
+	}
+	if (b) {
+		b->n += whole * 64 + len;
+		memcpy(b->buf, p, len);
+	}
+}
+
+/* The padding: 0x80, zeros, the bit length (little-endian for MD5). */
+static void pad(struct digest_md5 *m, struct digest_sha256 *s, uint64_t n)
+{
+	unsigned char tail[72] = { 0x80 };
+	size_t k = (size_t)(55 - n % 64 + 64) % 64 + 1;
+	uint64_t bits = n * 8;
+
+	for (int i = 0; i < 8; i++)
+		tail[k + i] = (unsigned char)(m ? bits >> (8 * i) : bits >> (56 - 8 * i));
+	if (m)
+		feed_one(m, NULL, tail, k + 8);
+	else
+		feed_one(NULL, s, tail, k + 8);
+}
+
+void digest_md5_final(struct digest_md5 *m, unsigned char out[16])
+{
+	pad(m, NULL, m->n);
+	for (int i = 0; i < 16; i++)
+		out[i] = (unsigned char)(m->h[i / 4] >> (8 * (i % 4)));
+}
+
+void digest_sha256_final(struct digest_sha256 *s, unsigned char out[32])
+{
+	pad(NULL, s, s->n);
+	for (int i = 0; i < 32; i++)
+		out[i] = (unsigned char)(s->h[i / 4] >> (24 - 8 * (i % 4)));
+}
+
+void digest_hex(const unsigned char *d, size_t len, char *out)
+{
+	static const char hex[] = "0123456789abcdef";
+
+	for (size_t i = 0; i < len; i++) {
+		out[2 * i] = hex[d[i] >> 4];
+		out[2 * i + 1] = hex[d[i] & 15];
+	}
+	out[2 * len] = '\0';
+}
+
+void digest_sha256_hex(struct digest_sha256 *s, char out[65])
+{
+	unsigned char d[32];
+
+	digest_sha256_final(s, d);
+	digest_hex(d, sizeof(d), out);
+}
