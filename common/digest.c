@@ -10,6 +10,7 @@
  */
 #include "common/digest.h"
 
+#include <stdatomic.h>
 #include <string.h>
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -61,7 +62,7 @@ static const uint32_t sha_k[64] = {
 	0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2
 };
 
-static int use_accel = -1;	/* -1: not probed yet */
+static atomic_int use_accel = -1;	/* -1: not probed yet */
 
 static uint32_t rol32(uint32_t x, unsigned s)
 {
@@ -382,14 +383,18 @@ static int probe(void)
 
 int digest_accelerated(void)
 {
-	if (use_accel < 0)
-		use_accel = probe();
-	return use_accel;
+	int on = atomic_load_explicit(&use_accel, memory_order_relaxed);
+
+	if (on < 0) {
+		on = probe();
+		atomic_store_explicit(&use_accel, on, memory_order_relaxed);
+	}
+	return on;
 }
 
 void digest_portable(int on)
 {
-	use_accel = on ? 0 : probe();
+	atomic_store_explicit(&use_accel, on ? 0 : probe(), memory_order_relaxed);
 }
 
 /* @n whole blocks into every state given. */
@@ -460,6 +465,18 @@ static void feed_one(struct digest_md5 *m, struct digest_sha256 *s, const unsign
 	memcpy(buf, p + len / 64 * 64, len % 64);
 }
 
+/* Feed every state given on its own. */
+static void feed_each(struct digest_md5 *m, struct digest_sha256 *a, struct digest_sha256 *b,
+		      const unsigned char *p, size_t len)
+{
+	if (m)
+		feed_one(m, NULL, p, len);
+	if (a)
+		feed_one(NULL, a, p, len);
+	if (b)
+		feed_one(NULL, b, p, len);
+}
+
 void digest_update(struct digest_md5 *m, struct digest_sha256 *a, struct digest_sha256 *b,
 		   const void *data, size_t len)
 {
@@ -469,28 +486,16 @@ void digest_update(struct digest_md5 *m, struct digest_sha256 *a, struct digest_
 
 	if ((m && m->n % 64 != at % 64) || (a && a->n % 64 != at % 64) ||
 	    (b && b->n % 64 != at % 64)) {
-		if (m)
-			feed_one(m, NULL, p, len);
-		if (a)
-			feed_one(NULL, a, p, len);
-		if (b)
-			feed_one(NULL, b, p, len);
+		feed_each(m, a, b, p, len);
 		return;
 	}
 	/* all at the same offset in a block: the same bytes complete it */
 	head = at % 64 ? 64 - (size_t)(at % 64) : 0;
 	if (head > len)
 		head = len;
-	if (head) {
-		if (m)
-			feed_one(m, NULL, p, head);
-		if (a)
-			feed_one(NULL, a, p, head);
-		if (b)
-			feed_one(NULL, b, p, head);
-		p += head;
-		len -= head;
-	}
+	feed_each(m, a, b, p, head);
+	p += head;
+	len -= head;
 	whole = len / 64;
 	blocks(m, a, b, p, whole);
 	p += whole * 64;
