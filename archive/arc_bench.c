@@ -3,6 +3,7 @@
  *
  *   arc_bench FILE [FORMAT [LEVEL [THREADS [BLOCK]]]] > OUT
  *   arc_bench FILE pgz [LEVEL [THREADS [BLOCK]]] > OUT
+ *   arc_bench FILE digest
  *
  * Pulls the whole stream in 1 MiB reads and writes it to stdout; prints
  * the format, bytes in/out, seconds, MB/s of input and the sha256 to stderr.
@@ -14,9 +15,15 @@
  * for the stream.  CPU seconds (user + sys of the whole process, all
  * threads) are printed as well: on a busy box they move less than wall
  * time.
+ *
+ * "digest" times common/digest.c on the file in memory: MD5, sha256, and
+ * the MD5 + two sha256 an uncompressed upload makes of every byte, fed
+ * together (one pass) and one after the other, with the one-pass kernel
+ * and with the portable code.
  */
 #include "archive/arc.h"
 #include "archive/arc_i.h"
+#include "common/digest.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -132,6 +139,71 @@ static int bench_pgz(int fd, const struct stat *st, const struct arc_opts *o)
 	return 0;
 }
 
+/* The "digest" mode: @what 1 = MD5, 2 = sha256, 4 = a second sha256; @apart: one state a pass. */
+static double digest_run(const unsigned char *p, size_t len, int what, int apart)
+{
+	struct digest_md5 m;
+	struct digest_sha256 a, b;
+	struct digest_md5 *pm = what & 1 ? &m : NULL;
+	struct digest_sha256 *pa = what & 2 ? &a : NULL, *pb = what & 4 ? &b : NULL;
+	double t0 = now();
+
+	digest_md5_init(&m);
+	digest_sha256_init(&a);
+	digest_sha256_init(&b);
+	for (size_t off = 0; off < len; off += sizeof(buf)) {
+		size_t k = len - off < sizeof(buf) ? len - off : sizeof(buf);
+
+		if (apart) {
+			digest_update(pm, NULL, NULL, p + off, k);
+			digest_update(NULL, pa, NULL, p + off, k);
+			digest_update(NULL, NULL, pb, p + off, k);
+		} else {
+			digest_update(pm, pa, pb, p + off, k);
+		}
+	}
+	return (double)len / (now() - t0) / 1e6;
+}
+
+static int bench_digest(int fd, const struct stat *st)
+{
+	static const struct {
+		const char *name;
+		int what, apart;
+	} runs[] = {
+		{ "md5", 1, 0 },
+		{ "sha256", 2, 0 },
+		{ "md5+sha256+sha256 one pass", 7, 0 },
+		{ "md5, sha256, sha256 apart", 7, 1 },
+	};
+	size_t len = (size_t)st->st_size, got = 0;
+	unsigned char *data = malloc(len ? len : 1);
+	ssize_t r;
+
+	if (!data) {
+		fprintf(stderr, "arc_bench: out of memory\n");
+		return 1;
+	}
+	while (got < len && (r = read(fd, data + got, len - got)) > 0)
+		got += (size_t)r;
+	if (got != len) {
+		fprintf(stderr, "arc_bench: short read\n");
+		free(data);
+		return 1;
+	}
+	for (int portable = 0; portable < 2; portable++) {
+		digest_portable(portable);
+		if (!portable && !digest_accelerated())
+			continue;
+		for (size_t i = 0; i < sizeof(runs) / sizeof(runs[0]); i++)
+			fprintf(stderr, "digest %-8s %-28s %7.0f MB/s\n",
+				portable ? "portable" : "kernel", runs[i].name,
+				digest_run(data, len, runs[i].what, runs[i].apart));
+	}
+	free(data);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	struct arc_opts o = { .format = ARC_TAR_GZ };
@@ -141,9 +213,13 @@ int main(int argc, char **argv)
 	ssize_t r;
 	double t0, sec;
 	int fd = -1, rc = 1, pgz_only = argc > 2 && !strcmp(argv[2], "pgz");
+	int digest = argc > 2 && !strcmp(argv[2], "digest");
 
-	if (argc < 2 || (argc > 2 && !pgz_only && arc_format_parse(argv[2], &o.format))) {
-		fprintf(stderr, "usage: arc_bench FILE [FORMAT|pgz [LEVEL [THREADS [BLOCK]]]]\n");
+	if (argc < 2 ||
+	    (argc > 2 && !pgz_only && !digest && arc_format_parse(argv[2], &o.format))) {
+		fprintf(stderr,
+			"usage: arc_bench FILE [FORMAT|pgz [LEVEL [THREADS [BLOCK]]]]\n"
+			"       arc_bench FILE digest\n");
 		return 2;
 	}
 	if (argc > 3)
@@ -157,8 +233,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, "arc_bench: cannot open '%s': %m\n", argv[1]);
 		goto out;
 	}
-	if (pgz_only) {
-		rc = bench_pgz(fd, &st, &o);
+	if (pgz_only || digest) {
+		rc = digest ? bench_digest(fd, &st) : bench_pgz(fd, &st, &o);
 		goto out;
 	}
 	t0 = now();

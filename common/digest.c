@@ -3,7 +3,8 @@
  *
  * The SHA-256 rounds use the x86 SHA extensions when the CPU has them
  * (sha256rnds2 does two rounds, sha256msg1/2 the message schedule); the
- * state then lives in two registers as ABEF and CDGH.  The fused kernel
+ * state then lives in two registers as ABEF and CDGH.  Without them each
+ * block goes to OpenSSL's SHA256_Transform (its assembly for the CPU).  The fused kernel
  * runs 4 MD5 steps after every 4 SHA rounds so that the out-of-order core
  * overlaps them: MD5 is one long dependency chain on the integer units,
  * SHA-256 another on the vector unit.
@@ -12,6 +13,10 @@
 
 #include <stdatomic.h>
 #include <string.h>
+
+/* SHA256_Transform: deprecated in OpenSSL 3, and the one block function it has */
+#define OPENSSL_SUPPRESS_DEPRECATED
+#include <openssl/sha.h>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <cpuid.h>
@@ -69,19 +74,9 @@ static uint32_t rol32(uint32_t x, unsigned s)
 	return (x << s) | (x >> (32 - s));
 }
 
-static uint32_t ror32(uint32_t x, unsigned s)
-{
-	return (x >> s) | (x << (32 - s));
-}
-
 static uint32_t le32(const unsigned char *p)
 {
 	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static uint32_t be32(const unsigned char *p)
-{
-	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
 }
 
 /* ---- MD5 ---------------------------------------------------------------- */
@@ -220,36 +215,17 @@ static void md5_blocks(uint32_t h[4], const unsigned char *p, size_t n)
 	}
 }
 
-/* ---- SHA-256, portable -------------------------------------------------- */
+/* ---- SHA-256 without the SHA extensions: OpenSSL's block function ------- */
 
-static void sha_blocks_c(uint32_t h[8], const unsigned char *p, size_t n)
+static void sha_blocks_ossl(uint32_t h[8], const unsigned char *p, size_t n)
 {
-	for (; n; n--, p += 64) {
-		uint32_t w[64], v[8];
+	SHA256_CTX c;
 
-		for (int i = 0; i < 16; i++)
-			w[i] = be32(p + 4 * i);
-		for (int i = 16; i < 64; i++) {
-			uint32_t s0 = ror32(w[i - 15], 7) ^ ror32(w[i - 15], 18) ^ (w[i - 15] >> 3);
-			uint32_t s1 = ror32(w[i - 2], 17) ^ ror32(w[i - 2], 19) ^ (w[i - 2] >> 10);
-
-			w[i] = w[i - 16] + s0 + w[i - 7] + s1;
-		}
-		memcpy(v, h, sizeof(v));
-		for (int i = 0; i < 64; i++) {
-			uint32_t e = v[4], a = v[0];
-			uint32_t t1 = v[7] + (ror32(e, 6) ^ ror32(e, 11) ^ ror32(e, 25)) +
-				      ((e & v[5]) ^ (~e & v[6])) + sha_k[i] + w[i];
-			uint32_t t2 = (ror32(a, 2) ^ ror32(a, 13) ^ ror32(a, 22)) +
-				      ((a & v[1]) ^ (a & v[2]) ^ (v[1] & v[2]));
-
-			memmove(v + 1, v, 7 * sizeof(*v));
-			v[4] += t1;
-			v[0] = t1 + t2;
-		}
-		for (int i = 0; i < 8; i++)
-			h[i] += v[i];
-	}
+	memset(&c, 0, sizeof(c));
+	memcpy(c.h, h, sizeof(c.h));
+	for (; n; n--, p += 64)
+		SHA256_Transform(&c, p);
+	memcpy(h, c.h, sizeof(c.h));
 }
 
 /* ---- SHA-256 with the SHA extensions, MD5 interleaved ------------------- */
@@ -421,9 +397,9 @@ static void blocks(struct digest_md5 *m, struct digest_sha256 *a, struct digest_
 	if (m)
 		md5_blocks(m->h, p, n);
 	if (a)
-		sha_blocks_c(a->h, p, n);
+		sha_blocks_ossl(a->h, p, n);
 	if (b)
-		sha_blocks_c(b->h, p, n);
+		sha_blocks_ossl(b->h, p, n);
 }
 
 void digest_md5_init(struct digest_md5 *m)

@@ -8,8 +8,9 @@
  * extensions the states share one pass: the scalar MD5 rounds and the SHA
  * rounds of both sha256 states (one message schedule, two states) are
  * interleaved block by block, so the SHA work runs on the vector unit
- * while MD5's serial chain keeps the integer units busy.  Elsewhere it
- * is plain portable C, one state after the other.
+ * while MD5's serial chain keeps the integer units busy.  Elsewhere the
+ * states are fed one after the other (MD5 in C, sha256 by OpenSSL's block
+ * function).
  *
  * States that are fed together must be at the same offset modulo 64 (a
  * part starting at a multiple of 64 in the stream); otherwise each is
@@ -50,7 +51,7 @@ void digest_hex(const unsigned char *d, size_t len, char *out);
 /* 1 when the one-pass SHA-extension kernel is in use on this CPU. */
 int digest_accelerated(void);
 
-/* Tests and benchmarks: 1 = the portable code even where the kernel runs. */
+/* Tests and benchmarks: 1 = one state at a time even where the kernel runs. */
 void digest_portable(int on);
 
 #endif
