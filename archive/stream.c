@@ -33,7 +33,6 @@
 #include <string.h>
 #include <unistd.h>
 
-
 /* One member of a directory unit: a directory or a regular file. */
 struct arc_ent {
 	char *path;		/* owned: relative to the unit's directory ("" = itself);
