@@ -677,6 +677,26 @@ static ssize_t fill(struct arc_stream *as, unsigned char *buf, size_t len)
 	return (ssize_t)got;
 }
 
+/* The digests of the part being read: the stream feeds them (arc_stream_ride). */
+struct part_hash {
+	struct digest_md5 md5;
+	struct digest_sha256 sha;
+};
+
+static void part_hash_init(struct part_hash *h)
+{
+	digest_md5_init(&h->md5);
+	digest_sha256_init(&h->sha);
+}
+
+/* The finished part's MD5 and sha256 (hex) into @md5 / @sha; @h starts the next part. */
+static void part_hash_take(struct part_hash *h, unsigned char md5[16], char sha[65])
+{
+	digest_md5_final(&h->md5, md5);
+	digest_sha256_hex(&h->sha, sha);
+	part_hash_init(h);
+}
+
 static int same_file(const struct stat *a, const struct stat *b)
 {
 	return a->st_size == b->st_size && a->st_mtim.tv_sec == b->st_mtim.tv_sec &&
@@ -821,16 +841,15 @@ static int save_mpu_fn(struct store_record *rec, void *arg)
 
 /*
  * A multipart upload.  @first (@first_len bytes, hashed @md5 / @sha) is
- * part 1; @carry is the byte read after it, already fed to @rm / @rs, the
- * hashes the stream feeds as it is read: each part's are taken from them
- * when it is full.
+ * part 1; @carry is the byte read after it, already in @ph, the digests the
+ * stream feeds as it is read: each part's are taken from it when it is full.
  */
 static int upload_multi(struct engine *e, struct s3_client *c, struct unit *u,
 			const struct store_record *rec, const char *name, struct arc_stream *as,
 			unsigned char *first, size_t first_len, const unsigned char md5[16],
-			const char *sha1, int carry, struct digest_md5 *rm, struct digest_sha256 *rs,
-			size_t part_size, int fd, const struct stat *st, struct s3_meta *meta,
-			size_t nmeta, struct result *r)
+			const char *sha1, int carry, struct part_hash *ph, size_t part_size, int fd,
+			const struct stat *st, struct s3_meta *meta, size_t nmeta,
+			struct result *r)
 {
 	struct job j = { 0 };
 	struct s3_object_info info;
@@ -979,10 +998,7 @@ static int upload_multi(struct engine *e, struct s3_client *c, struct unit *u,
 				break;
 			}
 			len = (size_t)n + head;
-			digest_md5_final(rm, cur_md5);
-			digest_sha256_hex(rs, cur_sha);
-			digest_md5_init(rm);
-			digest_sha256_init(rs);
+			part_hash_take(ph, cur_md5, cur_sha);
 		}
 	}
 	buf_put(e, buf, part_size);
@@ -1098,8 +1114,7 @@ static int upload_unit(struct engine *e, struct s3_client *c, struct unit *u,
 	struct arc_opts opts = { 0 };
 	struct arc_stream *as = NULL;
 	struct s3_meta meta[8];
-	struct digest_md5 pm, nm;
-	struct digest_sha256 ps, ns;
+	struct part_hash ph;
 	unsigned char *buf = NULL, md5[16], carry = 0;
 	char path[PATH_MAX], sha[65], psha[65], size_s[32], time_s[32], eb[128];
 	ssize_t more = 0;
@@ -1164,23 +1179,17 @@ static int upload_unit(struct engine *e, struct s3_client *c, struct unit *u,
 		goto out;
 	}
 	/* the part's MD5 and sha256 are made as the stream is read, in one pass */
-	digest_md5_init(&pm);
-	digest_sha256_init(&ps);
-	arc_stream_ride(as, &pm, &ps);
+	part_hash_init(&ph);
+	arc_stream_ride(as, &ph.md5, &ph.sha);
 	n = fill(as, buf, part_size);
-	/* a byte more tells one part from more: it starts the next part's hashes */
-	digest_md5_init(&nm);
-	digest_sha256_init(&ns);
-	arc_stream_ride(as, &nm, &ns);
+	part_hash_take(&ph, md5, psha);
+	/* a byte more tells one part from more: it starts the next part's digests */
 	if (n == (ssize_t)part_size)
 		more = fill(as, &carry, 1);
 	if (n < 0 || more < 0) {
 		rc = n < 0 ? (int)n : (int)more;
 		goto read_error;
 	}
-
-	digest_md5_final(&pm, md5);
-	digest_sha256_hex(&ps, psha);
 	atomic_store(&u->done, arc_stream_bytes_in(as));
 	snprintf(size_s, sizeof(size_s), "%llu", (unsigned long long)total);
 	store_format_time(rec->started_at ? rec->started_at : fs_now(), time_s, sizeof(time_s));
@@ -1204,7 +1213,7 @@ static int upload_unit(struct engine *e, struct s3_client *c, struct unit *u,
 		if (rc && !r->error[0])
 			snprintf(r->error, sizeof(r->error), "%s", s3_client_error(c));
 	} else {
-		rc = upload_multi(e, c, u, rec, name, as, buf, part_size, md5, psha, carry, &nm, &ns,
+		rc = upload_multi(e, c, u, rec, name, as, buf, part_size, md5, psha, carry, &ph,
 				  part_size, fd, &st, meta, nmeta, r);
 		buf = NULL;	/* taken by the first part */
 		if (rc == -ENODATA || (rc < 0 && rc != -ECANCELED && !r->error[0]))
