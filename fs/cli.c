@@ -1,5 +1,6 @@
 /*
- * cli.c - the commands: list, show, retry, status, stats, hold, resume.
+ * cli.c - the commands: list, show, retry, status, stats, hold, resume,
+ * rebuild (its work is in rebuild.c).
  *
  * They read and write the record database directly (LMDB allows several
  * processes), so they work while the filesystem is mounted: the daemon
@@ -23,8 +24,8 @@
 
 #include "common/log.h"
 
-static const char *const commands[] = { "list",	  "show", "retry", "status",
-					"stats",  "hold", "resume", NULL };
+static const char *const commands[] = { "list", "show",	"retry",   "status",
+					"stats", "hold", "resume", "rebuild", NULL };
 
 int cli_is_command(const char *arg)
 {
@@ -42,6 +43,8 @@ struct cli {
 	int status;		/* -1: all */
 	int64_t since;
 	const char *local_dir;
+	const char *bucket, *prefix;	/* rebuild's --bucket, --prefix */
+	struct mgmtfs_config cfg;	/* as open_store() found it */
 	char mnt[PATH_MAX];	/* mountpoint found, "" if none */
 	char **args;
 	int nargs;
@@ -189,7 +192,7 @@ static int find_mount(const char *path, char *out, size_t len)
 
 static int open_store(struct cli *c, const char *path_hint, int readonly)
 {
-	struct mgmtfs_config cfg;
+	struct mgmtfs_config *cfg = &c->cfg;
 	char err[1024] = "", dir[PATH_MAX], abs[PATH_MAX], eb[128];
 	const char *local = c->local_dir;
 	ssize_t n;
@@ -207,22 +210,20 @@ static int open_store(struct cli *c, const char *path_hint, int readonly)
 			}
 		}
 	}
-	rc = cfg_load_for_cli(local, &cfg, err, sizeof(err));
+	rc = cfg_load_for_cli(local, cfg, err, sizeof(err));
 	if (rc) {
 		fprintf(stderr, "mgmtfs: error: %s\n", err);
-		cfg_release(&cfg);
 		return 1;
 	}
-	rc = store_open(cfg.db_dir, readonly, &c->st);
+	rc = store_open(cfg->db_dir, readonly, &c->st);
 	if (rc == -ENOENT)
 		fprintf(stderr,
 			"mgmtfs: error: no records in '%s': nothing was uploaded from this "
 			"local_dir yet (give --local-dir DIR)\n",
-			cfg.local_dir);
+			cfg->local_dir);
 	else if (rc)
 		fprintf(stderr, "mgmtfs: error: cannot open the record database in '%s': %s\n",
-			cfg.db_dir, mgmtfs_strerror(rc, eb, sizeof(eb)));
-	cfg_release(&cfg);
+			cfg->db_dir, mgmtfs_strerror(rc, eb, sizeof(eb)));
 	return rc ? 1 : 0;
 }
 
@@ -508,6 +509,44 @@ static int cmd_hold(struct cli *c, int on)
 	return 0;
 }
 
+/* *@dst = a copy of @v (NULL: left as it is).  0 or -ENOMEM. */
+static int override(char **dst, const char *v)
+{
+	char *n;
+
+	if (!v)
+		return 0;
+	n = strdup(v);
+	if (!n)
+		return -ENOMEM;
+	free(*dst);
+	*dst = n;
+	return 0;
+}
+
+static int cmd_rebuild(struct cli *c)
+{
+	struct mgmtfs_config *cfg = &c->cfg;
+	char err[1024];
+	size_t n;
+
+	if (override(&cfg->bucket, c->bucket) || override(&cfg->prefix, c->prefix)) {
+		fprintf(stderr, "mgmtfs: error: out of memory\n");
+		return 1;
+	}
+	for (n = strlen(cfg->prefix); n && cfg->prefix[n - 1] == '/'; n--)
+		cfg->prefix[n - 1] = '\0';
+	if (!cfg->bucket || !*cfg->bucket) {
+		fprintf(stderr, "mgmtfs: error: no bucket: give --bucket NAME or set MGMT_BUCKET\n");
+		return 1;
+	}
+	if (cfg_finish_s3(cfg, err, sizeof(err))) {
+		fprintf(stderr, "mgmtfs: error: %s\n", err);
+		return 1;
+	}
+	return rebuild_run(c->st, cfg, c->json);
+}
+
 static void cli_help(const char *cmd)
 {
 	printf("usage: mgmtfs %s ", cmd);
@@ -524,6 +563,12 @@ static void cli_help(const char *cmd)
 		       "(--watch: again every second)\n");
 	else if (!strcmp(cmd, "stats"))
 		printf("[MOUNTPOINT] [--json] [--local-dir DIR]\ncounts, bytes, compression ratio\n");
+	else if (!strcmp(cmd, "rebuild"))
+		printf("[MOUNTPOINT] [--prefix P] [--bucket B] [--json] [--local-dir DIR]\n"
+		       "recreate the records of the objects under P (default: the configured\n"
+		       "prefix) from their metadata: after a lost disk, on a new host.  The\n"
+		       "bucket, endpoint and keys come from the environment and config file,\n"
+		       "as for a mount; keys a record already names are left alone.\n");
 	else
 		printf("[MOUNTPOINT] [--local-dir DIR]\n%s uploads on a live mount\n",
 		       !strcmp(cmd, "hold") ? "pause" : "resume");
@@ -569,10 +614,16 @@ int cli_main(int argc, char **argv)
 		} else if (!strcmp(a, "--watch") && !strcmp(c.cmd, "status")) {
 			c.watch = 1;
 		} else if ((!strcmp(a, "--status") || !strcmp(a, "--since") ||
-			    !strcmp(a, "--local-dir")) &&
+			    !strcmp(a, "--local-dir") ||
+			    (!strcmp(c.cmd, "rebuild") &&
+			     (!strcmp(a, "--prefix") || !strcmp(a, "--bucket")))) &&
 			   i + 1 >= argc) {
 			ret = usage_error("%s needs a value", a);
 			goto out;
+		} else if (!strcmp(a, "--prefix") && !strcmp(c.cmd, "rebuild")) {
+			c.prefix = argv[++i];
+		} else if (!strcmp(a, "--bucket") && !strcmp(c.cmd, "rebuild")) {
+			c.bucket = argv[++i];
 		} else if (!strcmp(a, "--status")) {
 			enum store_status s;
 
@@ -636,9 +687,12 @@ int cli_main(int argc, char **argv)
 		ret = cmd_status(&c, 0);
 	else if (!strcmp(c.cmd, "stats"))
 		ret = cmd_status(&c, 1);
+	else if (!strcmp(c.cmd, "rebuild"))
+		ret = cmd_rebuild(&c);
 	else
 		ret = cmd_hold(&c, !strcmp(c.cmd, "hold"));
 out:
+	cfg_release(&c.cfg);
 	store_close(c.st);
 	free(args);
 	return ret;

@@ -10,6 +10,7 @@
  * credentials file readable by group or others is refused.
  */
 #include "fs/config.h"
+#include "s3/s3.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -29,6 +30,7 @@ static const char usage_text[] =
 	"       mgmtfs show PATH|ID [--json] [--local-dir DIR]\n"
 	"       mgmtfs retry PATH...|--failed [--local-dir DIR]\n"
 	"       mgmtfs status [--watch] | stats | hold | resume [MOUNTPOINT] [--local-dir DIR]\n"
+	"       mgmtfs rebuild [--prefix P] [--bucket B] [--json] [--local-dir DIR]\n"
 	"\n"
 	"Copy a file into MOUNTPOINT/pending/: it is compressed, uploaded to S3 and\n"
 	"moved to MOUNTPOINT/completed/; its record is shown by getfattr -d.\n"
@@ -642,6 +644,18 @@ int cfg_parse_mount(int argc, char **argv, struct mgmtfs_config *cfg, char *err,
 		return -ENOMEM;
 	if (!cfg->bucket || !*cfg->bucket)
 		return fail(err, errlen, "no bucket: give -o bucket=NAME or set MGMT_BUCKET");
+	rc = cfg_finish_s3(cfg, err, errlen);
+	if (rc)
+		return rc;
+	if (!strncmp(cfg->local_dir ? cfg->local_dir : "", cfg->mountpoint,
+		     strlen(cfg->mountpoint)) &&
+	    cfg->local_dir)
+		return fail(err, errlen, "local_dir must not be inside the mountpoint");
+	return finish_paths(cfg, err, errlen);
+}
+
+int cfg_finish_s3(struct mgmtfs_config *cfg, char *err, size_t errlen)
+{
 	if (!cfg->region && set_str(&cfg->region, "us-east-1"))
 		return -ENOMEM;
 	if (!cfg->endpoint) {
@@ -655,14 +669,7 @@ int cfg_parse_mount(int argc, char **argv, struct mgmtfs_config *cfg, char *err,
 		return fail(err, errlen,
 			    "endpoint '%s' is not a URL: use http://HOST:PORT or https://HOST",
 			    cfg->endpoint);
-	rc = load_credentials(cfg, err, errlen);
-	if (rc)
-		return rc;
-	if (!strncmp(cfg->local_dir ? cfg->local_dir : "", cfg->mountpoint,
-		     strlen(cfg->mountpoint)) &&
-	    cfg->local_dir)
-		return fail(err, errlen, "local_dir must not be inside the mountpoint");
-	return finish_paths(cfg, err, errlen);
+	return load_credentials(cfg, err, errlen);
 }
 
 int cfg_load_for_cli(const char *local_dir, struct mgmtfs_config *cfg, char *err, size_t errlen)
@@ -676,6 +683,23 @@ int cfg_load_for_cli(const char *local_dir, struct mgmtfs_config *cfg, char *err
 	if (local_dir && set_str(&cfg->local_dir, local_dir))
 		return -ENOMEM;
 	return finish_paths(cfg, err, errlen);
+}
+
+void cfg_s3_config(const struct mgmtfs_config *cfg, struct s3_config *out)
+{
+	*out = (struct s3_config){
+		.endpoint = cfg->endpoint,
+		.region = cfg->region,
+		.bucket = cfg->bucket,
+		.access_key = cfg->access_key,
+		.secret_key = cfg->secret_key,
+		.session_token = cfg->session_token,
+		.path_style = cfg->path_style,
+		.insecure = cfg->insecure,
+		.max_attempts = cfg->max_attempts,
+		.retry_max_seconds = cfg->retry_max_seconds,
+		.stall_seconds = cfg->stall_seconds,
+	};
 }
 
 void cfg_release(struct mgmtfs_config *cfg)

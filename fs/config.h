@@ -59,6 +59,17 @@ int cfg_parse_mount(int argc, char **argv, struct mgmtfs_config *cfg, char *err,
  */
 int cfg_load_for_cli(const char *local_dir, struct mgmtfs_config *cfg, char *err, size_t errlen);
 
+/*
+ * The S3 settings a command needs besides those: region and endpoint
+ * defaults, the endpoint checked, the credentials loaded.  0 or -errno with
+ * one line in @err.
+ */
+int cfg_finish_s3(struct mgmtfs_config *cfg, char *err, size_t errlen);
+
+struct s3_config;
+/* The S3 client settings of @cfg (borrowed strings) into *@out, the rest zeroed. */
+void cfg_s3_config(const struct mgmtfs_config *cfg, struct s3_config *out);
+
 void cfg_release(struct mgmtfs_config *cfg);
 
 /* Parse "8M", "1048576", "1G" into bytes. 0 or -EINVAL. */

@@ -830,6 +830,21 @@ static int save_mpu_fn(struct store_record *rec, void *arg)
 }
 
 /*
+ * A multipart upload's metadata goes out with CreateMultipartUpload, before
+ * the checksum is known: it is added as the tag mgmt-sha256 once the object
+ * is there, for mgmtfs rebuild.  The upload stands whatever the answer.
+ */
+static void tag_checksum(struct s3_client *c, struct arc_stream *as, const char *key)
+{
+	char sha[65];
+
+	if (arc_stream_sha256(as, sha) == 0 && s3_put_tag(c, key, "mgmt-sha256", sha))
+		mgmtfs_info("cannot tag '%s' with its sha256 (%s): mgmtfs rebuild will not know "
+			    "its checksum",
+			    key, s3_client_error(c));
+}
+
+/*
  * A multipart upload.  @first (@first_len bytes, hashed @md5 / @sha) is
  * part 1; @carry is the byte read after it, already in @ph, the digests the
  * stream feeds as it is read: each part's are taken from it when it is full.
@@ -1030,6 +1045,7 @@ static int upload_multi(struct engine *e, struct s3_client *c, struct unit *u,
 		if (rc == 0 && info.size == total && !strcmp(info.etag, want)) {
 			mgmtfs_info("'pending/%s' was uploaded completely before the restart", name);
 			snprintf(r->etag, sizeof(r->etag), "%s", info.etag);
+			tag_checksum(c, as, r->key);
 			goto out;
 		}
 		rc = -EEXIST;	/* start again from scratch */
@@ -1068,6 +1084,7 @@ static int upload_multi(struct engine *e, struct s3_client *c, struct unit *u,
 	snprintf(r->etag, sizeof(r->etag), "%s", info.etag);
 	r->resumable = 0;
 	r->upload_id[0] = '\0';
+	tag_checksum(c, as, r->key);
 out:
 	s3_client_set_cancel(c, NULL);
 	pthread_mutex_destroy(&j.lock);
@@ -1765,17 +1782,7 @@ int engine_new(struct fs *fs, struct engine **out)
 		return -ENOMEM;
 	e->fs = fs;
 	e->cfg = cfg;
-	e->s3cfg.endpoint = cfg->endpoint;
-	e->s3cfg.region = cfg->region;
-	e->s3cfg.bucket = cfg->bucket;
-	e->s3cfg.access_key = cfg->access_key;
-	e->s3cfg.secret_key = cfg->secret_key;
-	e->s3cfg.session_token = cfg->session_token;
-	e->s3cfg.path_style = cfg->path_style;
-	e->s3cfg.insecure = cfg->insecure;
-	e->s3cfg.max_attempts = cfg->max_attempts;
-	e->s3cfg.retry_max_seconds = cfg->retry_max_seconds;
-	e->s3cfg.stall_seconds = cfg->stall_seconds;
+	cfg_s3_config(cfg, &e->s3cfg);
 	pthread_mutex_init(&e->lock, NULL);
 	pthread_cond_init(&e->sched_cond, NULL);
 	pthread_cond_init(&e->work_cond, NULL);

@@ -126,6 +126,9 @@ int fs_record_update(struct fs *fs, uint64_t id, int (*fn)(struct store_record *
 int cli_main(int argc, char **argv);
 int cli_is_command(const char *arg);
 
+/* rebuild.c: mgmtfs rebuild with @cfg's bucket, prefix and keys; the exit status. */
+int rebuild_run(struct store *st, const struct mgmtfs_config *cfg, int json);
+
 /* util */
 int64_t fs_now(void);
 double fs_monotonic(void);

@@ -47,23 +47,17 @@ static int stop_listing(const char *key, const char *upload_id, void *arg)
 /* HEAD the bucket with the configured keys.  0, or -errno with one line in @err. */
 static int check_bucket(const struct mgmtfs_config *cfg, char *err, size_t errlen)
 {
-	struct s3_config sc = {
-		.endpoint = cfg->endpoint,
-		.region = cfg->region,
-		.bucket = cfg->bucket,
-		.access_key = cfg->access_key,
-		.secret_key = cfg->secret_key,
-		.session_token = cfg->session_token,
-		.path_style = cfg->path_style,
-		.insecure = cfg->insecure,
-		.max_attempts = 2,
-		.retry_max_seconds = 2,
-		.connect_timeout = 5,
-		.stall_seconds = 10,
-	};
+	struct s3_config sc;
 	struct s3_client *c = NULL;
 	int level = atomic_load(&mgmtfs_log_threshold);
-	int rc = s3_client_new(&sc, &c);
+	int rc;
+
+	cfg_s3_config(cfg, &sc);
+	sc.max_attempts = 2;
+	sc.retry_max_seconds = 2;
+	sc.connect_timeout = 5;
+	sc.stall_seconds = 10;
+	rc = s3_client_new(&sc, &c);
 
 	if (rc) {
 		snprintf(err, errlen, "cannot use endpoint '%s': check the endpoint URL",

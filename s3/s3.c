@@ -36,8 +36,10 @@
 #include "common/log.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -112,6 +114,7 @@ struct s3_req {
 	int (*check)(struct s3_client *c, const struct s3_req *rq, struct s3_resp *rs,
 		     struct s3_verdict *v);
 	void *check_arg;
+	int want_meta; /* keep the x-amz-meta-* headers of the answer (HEAD) */
 };
 
 /* What came back, for the current attempt (and a few fields across attempts). */
@@ -121,6 +124,8 @@ struct s3_resp {
 	char etag[S3_ETAG_MAX];
 	uint64_t content_length;
 	int have_length;
+	int64_t last_modified; /* Last-Modified, unix seconds; 0 if none */
+	struct s3_buf meta; /* x-amz-meta-* as "name\0value\0"..., if rq.want_meta */
 	struct s3_buf body; /* error and XML bodies; capped */
 	char code[64]; /* <Code> of an error body, "" if none */
 	char message[256]; /* <Message>, "" if none */
@@ -408,6 +413,8 @@ static void resp_forget(struct s3_resp *rs)
 	rs->message[0] = '\0';
 	rs->have_length = 0;
 	rs->content_length = 0;
+	rs->last_modified = 0;
+	rs->meta.len = 0;
 }
 
 static size_t on_read(char *buf, size_t size, size_t nitems, void *arg)
@@ -500,6 +507,32 @@ static size_t on_header(char *buf, size_t size, size_t nitems, void *arg)
 			n = n * 10 + (uint64_t)(*v - '0');
 		rs->content_length = n;
 		rs->have_length = 1;
+	} else if (nl == 13 && strncasecmp(buf, "last-modified", 13) == 0) {
+		char t[64];
+		size_t tl = (size_t)(e - v);
+
+		while (tl && (v[tl - 1] == '\r' || v[tl - 1] == '\n' || v[tl - 1] == ' '))
+			tl--;
+		if (tl < sizeof(t)) {
+			memcpy(t, v, tl);
+			t[tl] = '\0';
+			rs->last_modified = s3_parse_time(t);
+		}
+	} else if (at->rq->want_meta && nl > 11 && strncasecmp(buf, "x-amz-meta-", 11) == 0) {
+		size_t vl = (size_t)(e - v);
+		char lower[256];
+
+		while (vl && (v[vl - 1] == '\r' || v[vl - 1] == '\n' || v[vl - 1] == ' '))
+			vl--;
+		if (nl - 11 < sizeof(lower)) {
+			for (size_t i = 0; i < nl - 11; i++)
+				lower[i] = (char)tolower((unsigned char)buf[11 + i]);
+			lower[nl - 11] = '\0';
+			/* a failed append empties the buffer: such metadata is not kept */
+			if (s3_buf_add(&rs->meta, lower, nl - 11 + 1) == 0 &&
+			    s3_buf_add(&rs->meta, v, vl) == 0)
+				s3_buf_add(&rs->meta, "", 1);
+		}
 	}
 	return len;
 }
@@ -1014,6 +1047,7 @@ static void op_init(struct s3_op *op, const char *method, const char *key)
 	op->rq.query = op->q;
 	memcpy(op->rq.sha256, SIGV4_EMPTY_SHA256, SIGV4_HEX_LEN);
 	s3_buf_init(&op->rs.body, S3_MAX_RESPONSE);
+	s3_buf_init(&op->rs.meta, 8192);
 }
 
 /* Add a query parameter (both borrowed); @value NULL for a bare name ("?uploads"). */
@@ -1112,6 +1146,7 @@ static int op_done(struct s3_op *op, int rc, char *etag_out)
 		memcpy(etag_out, op->rs.etag, S3_ETAG_MAX);
 	hdrset_free(&op->hs);
 	s3_buf_free(&op->rs.body);
+	s3_buf_free(&op->rs.meta);
 	return rc;
 }
 
@@ -1382,15 +1417,49 @@ int s3_head_bucket(struct s3_client *c)
 
 int s3_head_object(struct s3_client *c, const char *key, struct s3_object_info *out)
 {
+	return s3_head_object_meta(c, key, out, NULL, NULL);
+}
+
+/* Undo hdrset_add_meta()'s percent-encoding, in place. */
+static void meta_decode(char *s)
+{
+	char *w = s;
+
+	for (; *s; s++) {
+		if (s[0] == '%' && isxdigit((unsigned char)s[1]) && isxdigit((unsigned char)s[2])) {
+			char h[3] = { s[1], s[2], '\0' };
+
+			*w++ = (char)strtol(h, NULL, 16);
+			s += 2;
+		} else {
+			*w++ = *s;
+		}
+	}
+	*w = '\0';
+}
+
+int s3_head_object_meta(struct s3_client *c, const char *key, struct s3_object_info *out,
+			int (*cb)(const char *name, const char *value, void *arg), void *arg)
+{
 	struct s3_op op;
 	int rc;
 
 	rc = op_start(c, &op, "HEAD", key);
 	if (rc)
 		return rc;
+	op.rq.want_meta = cb != NULL;
 	rc = op_run(c, &op);
-	if (!rc)
+	if (!rc) {
 		out->size = op.rs.content_length;
+		out->mtime = op.rs.last_modified;
+	}
+	for (size_t at = 0; !rc && cb && op.rs.meta.p && at < op.rs.meta.len;) {
+		char *name = op.rs.meta.p + at, *value = name + strlen(name) + 1;
+
+		at = (size_t)(value - op.rs.meta.p) + strlen(value) + 1;
+		meta_decode(value);
+		rc = cb(name, value, arg);
+	}
 	return op_done(&op, rc, out->etag);
 }
 
@@ -1702,120 +1771,297 @@ static int bad_listing(struct s3_client *c, const char *what)
 			c->endpoint);
 }
 
+/* A bad <Contents>, <Part> or <Upload>: what a pager's item() returns for it. */
+#define BAD_ITEM INT_MIN
+
+/* How one kind of paged listing reads its pages. */
+struct pager {
+	const char *what;	/* "ListObjectsV2": for the error */
+	const char *tag;	/* the element of one item */
+	/* set the query of the next page (op->rq.nquery is the caller's to reset) */
+	void (*query)(struct s3_op *op, void *arg);
+	/* one item's block: 0 to go on, BAD_ITEM, or a caller's non-zero to stop */
+	int (*item)(const char *a, const char *z, void *arg);
+	/* after a truncated page, take the next page's markers: 0, or -1 if none or the same */
+	int (*advance)(const char *body, const char *end, void *arg);
+};
+
+static int list_pages(struct s3_client *c, struct s3_op *op, const struct pager *pg, void *arg)
+{
+	int rc;
+
+	for (;;) {
+		const char *p, *end, *a = NULL, *z = NULL;
+
+		pg->query(op, arg);
+		rc = op_run(c, op);
+		if (rc)
+			return rc;
+		p = op->rs.body.p ? op->rs.body.p : "";
+		end = p + op->rs.body.len;
+		for (; s3_xml_block(p, end, pg->tag, &a, &z) == 0; p = z) {
+			rc = pg->item(a, z, arg);
+			if (rc)
+				return rc == BAD_ITEM ? bad_listing(c, pg->what) : rc;
+		}
+		if (!is_true(op->rs.body.p, end, "IsTruncated"))
+			return 0;
+		if (pg->advance(op->rs.body.p, end, arg))
+			return bad_listing(c, pg->what);
+	}
+}
+
+/* Take the text of <@tag> as the next marker into @marker (size @len): 0, or -1 if none or the same. */
+static int next_marker(const char *body, const char *end, const char *tag, char *marker,
+		       size_t len)
+{
+	char v[2048];
+
+	if (s3_xml_tag(body, end, tag, v, sizeof(v), NULL) <= 0 || strlen(v) >= len ||
+	    !strcmp(v, marker))
+		return -1;
+	memcpy(marker, v, strlen(v) + 1);
+	return 0;
+}
+
+struct parts_list {
+	struct s3_part *v;
+	size_t n, cap;
+	char marker[32];
+};
+
+static void parts_query(struct s3_op *op, void *arg)
+{
+	struct parts_list *l = arg;
+
+	op->rq.nquery = 1; /* uploadId */
+	if (l->marker[0])
+		op_query(op, "part-number-marker", l->marker);
+}
+
+static int parts_item(const char *a, const char *z, void *arg)
+{
+	struct parts_list *l = arg;
+	char num[32], etag[S3_ETAG_MAX], size[32];
+	uint64_t v;
+
+	if (l->n == l->cap) {
+		size_t cap = l->cap ? 2 * l->cap : 64;
+		struct s3_part *np = realloc(l->v, cap * sizeof(*np));
+
+		if (!np)
+			return -ENOMEM;
+		l->v = np;
+		l->cap = cap;
+	}
+	if (s3_xml_tag(a, z, "PartNumber", num, sizeof(num), NULL) < 0 || parse_u64(num, &v) ||
+	    v < 1 || v > 10000 || s3_xml_tag(a, z, "ETag", etag, sizeof(etag), NULL) < 0 ||
+	    s3_xml_tag(a, z, "Size", size, sizeof(size), NULL) < 0 ||
+	    parse_u64(size, &l->v[l->n].size))
+		return BAD_ITEM;
+	l->v[l->n].partno = (uint32_t)v;
+	etag_clean(etag, strlen(etag), l->v[l->n].etag);
+	l->n++;
+	return 0;
+}
+
+static int parts_advance(const char *body, const char *end, void *arg)
+{
+	struct parts_list *l = arg;
+
+	return next_marker(body, end, "NextPartNumberMarker", l->marker, sizeof(l->marker));
+}
+
 int s3_mpu_list_parts(struct s3_client *c, const char *key, const char *upload_id,
 		      struct s3_part **parts_out, size_t *n_out)
 {
-	struct s3_part *parts = NULL, *np;
-	size_t n = 0, cap = 0;
-	char marker[32] = "";
+	static const struct pager pg = { "ListParts", "Part", parts_query, parts_item,
+					 parts_advance };
+	struct parts_list l = { 0 };
 	struct s3_op op;
 	int rc;
 
 	rc = op_start_upload(c, &op, "GET", key, upload_id);
 	if (rc)
 		return rc;
-	for (;;) {
-		const char *p, *end, *a = NULL, *z = NULL;
-		char num[32], etag[S3_ETAG_MAX], size[32];
-		uint64_t v;
-
-		op.rq.nquery = 1; /* uploadId */
-		if (marker[0])
-			op_query(&op, "part-number-marker", marker);
-		rc = op_run(c, &op);
-		if (rc)
-			goto out;
-		p = op.rs.body.p ? op.rs.body.p : "";
-		end = p + op.rs.body.len;
-		while (s3_xml_block(p, end, "Part", &a, &z) == 0) {
-			if (n == cap) {
-				cap = cap ? 2 * cap : 64;
-				np = realloc(parts, cap * sizeof(*parts));
-				if (!np) {
-					rc = fail_local(c, -ENOMEM, "cannot list parts");
-					goto out;
-				}
-				parts = np;
-			}
-			if (s3_xml_tag(a, z, "PartNumber", num, sizeof(num), NULL) < 0 ||
-			    parse_u64(num, &v) || v < 1 || v > 10000 ||
-			    s3_xml_tag(a, z, "ETag", etag, sizeof(etag), NULL) < 0 ||
-			    s3_xml_tag(a, z, "Size", size, sizeof(size), NULL) < 0 ||
-			    parse_u64(size, &parts[n].size)) {
-				rc = bad_listing(c, "ListParts");
-				goto out;
-			}
-			parts[n].partno = (uint32_t)v;
-			etag_clean(etag, strlen(etag), parts[n].etag);
-			n++;
-			p = z;
-		}
-		if (!is_true(op.rs.body.p, end, "IsTruncated"))
-			break;
-		if (s3_xml_tag(op.rs.body.p, end, "NextPartNumberMarker", num, sizeof(num), NULL) <=
-			    0 ||
-		    strcmp(num, marker) == 0) {
-			rc = bad_listing(c, "ListParts");
-			goto out;
-		}
-		memcpy(marker, num, sizeof(marker));
+	rc = list_pages(c, &op, &pg, &l);
+	if (rc == -ENOMEM)
+		rc = fail_local(c, -ENOMEM, "cannot list parts");
+	if (!rc) {
+		*parts_out = l.v;
+		*n_out = l.n;
+		l.v = NULL;
 	}
-	*parts_out = parts;
-	*n_out = n;
-	parts = NULL;
-out:
-	free(parts);
+	free(l.v);
 	return op_done(&op, rc, NULL);
+}
+
+struct uploads_list {
+	const char *prefix;
+	char key_marker[S3_KEY_MAX * 2 + 1], id_marker[S3_UPLOAD_ID_MAX];
+	int (*cb)(const char *key, const char *upload_id, void *arg);
+	void *arg;
+};
+
+static void uploads_query(struct s3_op *op, void *arg)
+{
+	struct uploads_list *l = arg;
+
+	op->rq.nquery = 0;
+	op_query(op, "uploads", NULL);
+	if (l->prefix && *l->prefix)
+		op_query(op, "prefix", l->prefix);
+	if (l->key_marker[0]) {
+		op_query(op, "key-marker", l->key_marker);
+		op_query(op, "upload-id-marker", l->id_marker);
+	}
+}
+
+static int uploads_item(const char *a, const char *z, void *arg)
+{
+	struct uploads_list *l = arg;
+	char key[S3_KEY_MAX * 2 + 1], id[S3_UPLOAD_ID_MAX];
+
+	if (s3_xml_tag(a, z, "Key", key, sizeof(key), NULL) < 0 ||
+	    s3_xml_tag(a, z, "UploadId", id, sizeof(id), NULL) <= 0)
+		return BAD_ITEM;
+	return l->cb(key, id, l->arg);
+}
+
+static int uploads_advance(const char *body, const char *end, void *arg)
+{
+	struct uploads_list *l = arg;
+	char key[sizeof(l->key_marker)], id[sizeof(l->id_marker)];
+
+	/* the pair must move on: a key can have several uploads */
+	if (s3_xml_tag(body, end, "NextKeyMarker", key, sizeof(key), NULL) <= 0 ||
+	    s3_xml_tag(body, end, "NextUploadIdMarker", id, sizeof(id), NULL) < 0 ||
+	    (!strcmp(key, l->key_marker) && !strcmp(id, l->id_marker)))
+		return -1;
+	memcpy(l->key_marker, key, sizeof(key));
+	memcpy(l->id_marker, id, sizeof(id));
+	return 0;
 }
 
 int s3_mpu_list(struct s3_client *c, const char *prefix,
 		int (*cb)(const char *key, const char *upload_id, void *arg), void *arg)
 {
-	char key_marker[S3_KEY_MAX * 2 + 1] = "", id_marker[S3_UPLOAD_ID_MAX] = "";
-	char key[S3_KEY_MAX * 2 + 1], id[S3_UPLOAD_ID_MAX];
+	static const struct pager pg = { "ListMultipartUploads", "Upload", uploads_query,
+					 uploads_item, uploads_advance };
+	struct uploads_list l = { .prefix = prefix, .cb = cb, .arg = arg };
 	struct s3_op op;
-	int rc = 0;
+	int rc;
 
 	op_init(&op, "GET", NULL);
-	for (;;) {
-		const char *p, *end, *a = NULL, *z = NULL;
+	rc = list_pages(c, &op, &pg, &l);
+	return op_done(&op, rc, NULL);
+}
 
-		op.rq.nquery = 0;
-		op_query(&op, "uploads", NULL);
-		if (prefix && *prefix)
-			op_query(&op, "prefix", prefix);
-		if (key_marker[0]) {
-			op_query(&op, "key-marker", key_marker);
-			op_query(&op, "upload-id-marker", id_marker);
-		}
+struct objects_list {
+	const char *prefix;
+	char token[2048];
+	int (*cb)(const char *key, const struct s3_object_info *o, void *arg);
+	void *arg;
+};
+
+static void objects_query(struct s3_op *op, void *arg)
+{
+	struct objects_list *l = arg;
+
+	op->rq.nquery = 0;
+	op_query(op, "list-type", "2");
+	if (l->prefix && *l->prefix)
+		op_query(op, "prefix", l->prefix);
+	if (l->token[0])
+		op_query(op, "continuation-token", l->token);
+}
+
+static int objects_item(const char *a, const char *z, void *arg)
+{
+	struct objects_list *l = arg;
+	struct s3_object_info o = { 0 };
+	char key[S3_KEY_MAX * 2 + 1], size[32], etag[S3_ETAG_MAX], mtime[64];
+
+	if (s3_xml_tag(a, z, "Key", key, sizeof(key), NULL) <= 0 ||
+	    s3_xml_tag(a, z, "Size", size, sizeof(size), NULL) <= 0 || parse_u64(size, &o.size) ||
+	    s3_xml_tag(a, z, "ETag", etag, sizeof(etag), NULL) < 0)
+		return BAD_ITEM;
+	etag_clean(etag, strlen(etag), o.etag);
+	if (s3_xml_tag(a, z, "LastModified", mtime, sizeof(mtime), NULL) > 0)
+		o.mtime = s3_parse_time(mtime);
+	return l->cb(key, &o, l->arg);
+}
+
+static int objects_advance(const char *body, const char *end, void *arg)
+{
+	struct objects_list *l = arg;
+
+	return next_marker(body, end, "NextContinuationToken", l->token, sizeof(l->token));
+}
+
+int s3_list_objects(struct s3_client *c, const char *prefix,
+		    int (*cb)(const char *key, const struct s3_object_info *o, void *arg),
+		    void *arg)
+{
+	static const struct pager pg = { "ListObjectsV2", "Contents", objects_query,
+					 objects_item, objects_advance };
+	struct objects_list l = { .prefix = prefix, .cb = cb, .arg = arg };
+	struct s3_op op;
+	int rc;
+
+	op_init(&op, "GET", NULL);
+	rc = list_pages(c, &op, &pg, &l);
+	return op_done(&op, rc, NULL);
+}
+
+int s3_put_tag(struct s3_client *c, const char *key, const char *name, const char *value)
+{
+	struct s3_buf xml;
+	struct s3_op op;
+	int rc;
+
+	rc = op_start(c, &op, "PUT", key);
+	if (rc)
+		return rc;
+	op_query(&op, "tagging", NULL);
+	s3_buf_init(&xml, 4096);
+	rc = s3_buf_addf(&xml,
+			 "<Tagging><TagSet><Tag><Key>%s</Key><Value>%s</Value></Tag></TagSet>"
+			 "</Tagging>",
+			 name, value);
+	rc = rc ? fail_local(c, rc, "cannot build the request") : 0;
+	if (!rc)
+		rc = op_body(c, &op, xml.p, xml.len, NULL, NULL);
+	if (!rc)
+		rc = op_header(c, &op, "content-type", "application/xml");
+	if (!rc)
 		rc = op_run(c, &op);
-		if (rc)
-			break;
-		p = op.rs.body.p ? op.rs.body.p : "";
-		end = p + op.rs.body.len;
-		while (s3_xml_block(p, end, "Upload", &a, &z) == 0) {
-			if (s3_xml_tag(a, z, "Key", key, sizeof(key), NULL) < 0 ||
-			    s3_xml_tag(a, z, "UploadId", id, sizeof(id), NULL) <= 0) {
-				rc = bad_listing(c, "ListMultipartUploads");
-				goto out;
-			}
-			rc = cb(key, id, arg);
-			if (rc)
-				goto out;
-			p = z;
-		}
-		if (!is_true(op.rs.body.p, end, "IsTruncated"))
-			break;
-		if (s3_xml_tag(op.rs.body.p, end, "NextKeyMarker", key, sizeof(key), NULL) <= 0 ||
-		    s3_xml_tag(op.rs.body.p, end, "NextUploadIdMarker", id, sizeof(id), NULL) < 0 ||
-		    (strcmp(key, key_marker) == 0 && strcmp(id, id_marker) == 0)) {
-			rc = bad_listing(c, "ListMultipartUploads");
-			break;
-		}
-		memcpy(key_marker, key, sizeof(key_marker));
-		memcpy(id_marker, id, sizeof(id_marker));
+	s3_buf_free(&xml);
+	return op_done(&op, rc, NULL);
+}
+
+int s3_get_tag(struct s3_client *c, const char *key, const char *name, char *out, size_t len)
+{
+	const char *p, *end, *a = NULL, *z = NULL;
+	char k[256];
+	struct s3_op op;
+	int rc;
+
+	rc = op_start(c, &op, "GET", key);
+	if (rc)
+		return rc;
+	op_query(&op, "tagging", NULL);
+	rc = op_run(c, &op);
+	p = !rc && op.rs.body.p ? op.rs.body.p : "";
+	end = p + (rc ? 0 : op.rs.body.len);
+	if (!rc)
+		rc = -ENOENT;
+	while (rc == -ENOENT && s3_xml_block(p, end, "Tag", &a, &z) == 0) {
+		if (s3_xml_tag(a, z, "Key", k, sizeof(k), NULL) > 0 && !strcmp(k, name) &&
+		    s3_xml_tag(a, z, "Value", out, len, NULL) >= 0)
+			rc = 0;
+		p = z;
 	}
-out:
 	return op_done(&op, rc, NULL);
 }
 

@@ -74,6 +74,7 @@ struct s3_part {
 struct s3_object_info {
 	uint64_t size;
 	char etag[S3_ETAG_MAX];	/* without quotes */
+	int64_t mtime;		/* Last-Modified, unix seconds; 0 if not known */
 };
 
 /*
@@ -117,6 +118,34 @@ int s3_head_bucket(struct s3_client *c);
 
 /* HEAD an object: 0 and *out filled, -ENOENT if absent, or -errno. */
 int s3_head_object(struct s3_client *c, const char *key, struct s3_object_info *out);
+/*
+ * As s3_head_object(), and @cb(NAME, value, @arg) for each x-amz-meta-NAME
+ * header of the answer (NAME lowercase, the value's percent-encoding
+ * undone).  A non-zero return from @cb stops and is returned.
+ */
+int s3_head_object_meta(struct s3_client *c, const char *key, struct s3_object_info *out,
+			int (*cb)(const char *name, const char *value, void *arg), void *arg);
+
+/*
+ * List the objects whose keys start with @prefix (ListObjectsV2, every
+ * page), in key order: @cb(key, its size, ETag and mtime, @arg) for each.
+ * A non-zero return from @cb stops and is returned.  0 or -errno.
+ */
+int s3_list_objects(struct s3_client *c, const char *prefix,
+		    int (*cb)(const char *key, const struct s3_object_info *o, void *arg),
+		    void *arg);
+
+/* Unix seconds of an HTTP date or an ISO 8601 UTC time ("...Z"); 0 if neither. */
+int64_t s3_parse_time(const char *s);
+
+/*
+ * Object tagging with one tag (@name and @value XML-safe: letters, digits,
+ * '-', '_', ':').  s3_put_tag() replaces the object's tags; s3_get_tag()
+ * copies the value into @out (size @len): 0, -ENOENT without that tag (or
+ * object), or -errno.
+ */
+int s3_put_tag(struct s3_client *c, const char *key, const char *name, const char *value);
+int s3_get_tag(struct s3_client *c, const char *key, const char *name, char *out, size_t len);
 
 /*
  * PUT @len bytes at @body as @key.  @md5 (16 bytes) and @sha256_hex (64

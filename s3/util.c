@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 void s3_buf_init(struct s3_buf *b, size_t max)
 {
@@ -358,4 +359,29 @@ size_t s3_part_size(uint64_t size, size_t min_part)
 	if (need > ps)
 		ps = (need + mib - 1) / mib * mib;
 	return (size_t)(ps > max_part ? max_part : ps);
+}
+
+int64_t s3_parse_time(const char *s)
+{
+	static const char *const forms[] = {
+		"%a, %d %b %Y %H:%M:%S GMT",	/* HTTP: Last-Modified */
+		"%Y-%m-%dT%H:%M:%S",		/* ISO 8601: listings, our metadata */
+	};
+	struct tm tm;
+
+	for (size_t i = 0; i < sizeof(forms) / sizeof(forms[0]); i++) {
+		const char *end;
+
+		memset(&tm, 0, sizeof(tm));
+		end = strptime(s, forms[i], &tm);
+		if (!end)
+			continue;
+		if (*end == '.')	/* milliseconds */
+			while (*++end >= '0' && *end <= '9')
+				;
+		if (*end && strcmp(end, "Z"))
+			continue;
+		return (int64_t)timegm(&tm);
+	}
+	return 0;
 }

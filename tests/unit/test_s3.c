@@ -648,6 +648,118 @@ static void test_list_uploads_pages(void **state)
 			    "&upload-id-marker=u2&uploads=");
 }
 
+struct listed {
+	char line[4][96];
+	int n;
+};
+
+static int on_object(const char *key, const struct s3_object_info *o, void *arg)
+{
+	struct listed *l = arg;
+
+	snprintf(l->line[l->n++], sizeof(l->line[0]), "%s %llu %s %lld", key,
+		 (unsigned long long)o->size, o->etag, (long long)o->mtime);
+	return 0;
+}
+
+static void test_list_objects_pages(void **state)
+{
+	struct s3_client *c = *state;
+	const struct mresp r[] = {
+		{ CURLE_OK, 200, NULL,
+		  "<ListBucketResult><IsTruncated>true</IsTruncated>"
+		  "<NextContinuationToken>t/2=</NextContinuationToken>"
+		  "<Contents><Key>p/a&amp;b.tar.gz</Key><LastModified>2026-11-25T09:00:01.000Z"
+		  "</LastModified><ETag>&quot;e1&quot;</ETag><Size>5</Size></Contents>"
+		  "<Contents><Key>p/c</Key><ETag>\"e2-3\"</ETag><Size>16777216</Size></Contents>"
+		  "</ListBucketResult>",
+		  0, 0 },
+		{ CURLE_OK, 503, NULL, ERRBODY("SlowDown", "x"), 0, 0 },
+		{ CURLE_OK, 200, NULL,
+		  "<ListBucketResult><IsTruncated>false</IsTruncated>"
+		  "<Contents><Key>p/d</Key><ETag>\"e3\"</ETag><Size>0</Size></Contents>"
+		  "</ListBucketResult>",
+		  0, 0 },
+	};
+	struct listed l = { .n = 0 };
+
+	script(r, 3);
+	assert_int_equal(s3_list_objects(c, "p/", on_object, &l), 0);
+	assert_int_equal(l.n, 3);
+	assert_string_equal(l.line[0], "p/a&b.tar.gz 5 e1 1795597201");
+	assert_string_equal(l.line[1], "p/c 16777216 e2-3 0");
+	assert_string_equal(l.line[2], "p/d 0 e3 0");
+	assert_string_equal(mk.sent_url[0], "http://127.0.0.1:7480/test?list-type=2&prefix=p%2F");
+	assert_string_equal(mk.sent_url[2], "http://127.0.0.1:7480/test?continuation-token="
+					    "t%2F2%3D&list-type=2&prefix=p%2F");
+}
+
+struct metas {
+	char got[4][128];
+	int n;
+};
+
+static int on_meta(const char *name, const char *value, void *arg)
+{
+	struct metas *m = arg;
+
+	snprintf(m->got[m->n++], sizeof(m->got[0]), "%s=%s", name, value);
+	return 0;
+}
+
+static void test_head_meta_and_tags(void **state)
+{
+	struct s3_client *c = *state;
+	const struct mresp r[] = {
+		/* a failed attempt's headers are not reported */
+		{ CURLE_OK, 503, "x-amz-meta-mgmt-stale: 1\n", "", 0, 0 },
+		{ CURLE_OK, 200,
+		  "ETag: \"abc-2\"\nContent-Length: 42\n"
+		  "Last-Modified: Wed, 25 Nov 2026 09:00:01 GMT\n"
+		  "X-Amz-Meta-Mgmt-Original-Path: pending/50%25 %C3%A9.txt\n"
+		  "x-amz-meta-mgmt-compression: tar.gz\nx-amz-request-id: r1\n",
+		  "", 0, 0 },
+		{ CURLE_OK, 200, NULL, "", 0, 0 },
+		{ CURLE_OK, 200, NULL,
+		  "<Tagging><TagSet><Tag><Key>other</Key><Value>x</Value></Tag>"
+		  "<Tag><Key>mgmt-sha256</Key><Value>00ff</Value></Tag></TagSet></Tagging>",
+		  0, 0 },
+		{ CURLE_OK, 200, NULL, "<Tagging><TagSet></TagSet></Tagging>", 0, 0 },
+	};
+	struct s3_object_info info;
+	struct metas m = { .n = 0 };
+	char v[80];
+
+	script(r, 5);
+	assert_int_equal(s3_head_object_meta(c, "p/k", &info, on_meta, &m), 0);
+	assert_int_equal(m.n, 2);
+	assert_string_equal(m.got[0], "mgmt-original-path=pending/50% \xc3\xa9.txt");
+	assert_string_equal(m.got[1], "mgmt-compression=tar.gz");
+	assert_string_equal(info.etag, "abc-2");
+	assert_int_equal(info.size, 42);
+	assert_int_equal(info.mtime, 1795597201);
+
+	assert_int_equal(s3_put_tag(c, "p/k", "mgmt-sha256", "00ff"), 0);
+	assert_string_equal(mk.sent_url[2], "http://127.0.0.1:7480/test/p/k?tagging=");
+	assert_string_equal(mk.sent_body[2], "<Tagging><TagSet><Tag><Key>mgmt-sha256</Key>"
+					     "<Value>00ff</Value></Tag></TagSet></Tagging>");
+	assert_non_null(strstr(mk.sent_headers[2], "content-md5: "));
+	assert_int_equal(s3_get_tag(c, "p/k", "mgmt-sha256", v, sizeof(v)), 0);
+	assert_string_equal(v, "00ff");
+	assert_int_equal(s3_get_tag(c, "p/k", "mgmt-sha256", v, sizeof(v)), -ENOENT);
+}
+
+static void test_parse_time(void **state)
+{
+	(void)state;
+	assert_int_equal(s3_parse_time("Wed, 25 Nov 2026 09:00:01 GMT"), 1795597201);
+	assert_int_equal(s3_parse_time("2026-11-25T09:00:01Z"), 1795597201);
+	assert_int_equal(s3_parse_time("2026-11-25T09:00:01.123Z"), 1795597201);
+	assert_int_equal(s3_parse_time("2026-11-25T09:00:01+02:00"), 0);
+	assert_int_equal(s3_parse_time("yesterday"), 0);
+	assert_int_equal(s3_parse_time(""), 0);
+}
+
 struct sink {
 	char buf[64];
 	size_t len;
@@ -873,6 +985,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_create_and_meta, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_list_parts_pages, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_list_uploads_pages, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_list_objects_pages, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_head_meta_and_tags, setup, teardown),
+		cmocka_unit_test(test_parse_time),
 		cmocka_unit_test_setup_teardown(test_get_resumes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
 		cmocka_unit_test(test_retry_budget),

@@ -1,0 +1,248 @@
+/*
+ * rebuild.c - mgmtfs rebuild: the records made again from the bucket (a new
+ * host, a lost disk).
+ *
+ * Every object mgmtfs uploads carries its record as x-amz-meta-mgmt-*
+ * (original path and size, compression, start time), and its sha256: in
+ * the metadata for a single PUT, as the tag mgmt-sha256 for a multipart
+ * upload (its metadata goes out before the checksum is known).  Rebuild
+ * lists the bucket under the prefix, leaves out the keys a record already
+ * names, HEADs the others and writes a completed record for each that has
+ * that metadata.  Objects without it are not mgmtfs's and are left alone,
+ * so running it twice makes nothing twice.
+ */
+#include "fs/fs_i.h"
+
+#include <errno.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "s3/s3.h"
+
+struct keys {
+	char **v;
+	size_t n, cap;
+};
+
+struct rebuild {
+	struct store *st;
+	struct s3_client *c;
+	const char *bucket;
+	struct keys known;	/* sorted: keys a record already names */
+	size_t seen, made, had, foreign, busy;
+	int progress;		/* stderr is a terminal */
+	int rc;
+};
+
+/* What the x-amz-meta-mgmt-* headers of one object said. */
+struct meta {
+	char path[STORE_PATH_MAX];
+	char size[32];
+	char compression[16];
+	char started[64];
+	char sha[80];
+};
+
+static int keys_add(struct keys *k, const char *key)
+{
+	if (k->n == k->cap) {
+		size_t ncap = k->cap ? 2 * k->cap : 256;
+		char **nv = realloc(k->v, ncap * sizeof(*nv));
+
+		if (!nv)
+			return -ENOMEM;
+		k->v = nv;
+		k->cap = ncap;
+	}
+	k->v[k->n] = strdup(key);
+	if (!k->v[k->n])
+		return -ENOMEM;
+	k->n++;
+	return 0;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static int known_cb(const struct store_record *rec, void *arg)
+{
+	struct rebuild *rb = arg;
+
+	if (!rec->s3_object_key[0] || strcmp(rec->s3_bucket, rb->bucket))
+		return 0;
+	return keys_add(&rb->known, rec->s3_object_key);
+}
+
+static int meta_cb(const char *name, const char *value, void *arg)
+{
+	struct meta *m = arg;
+	static const struct {
+		const char *name;
+		size_t off, len;
+	} fields[] = {
+		{ "mgmt-original-path", offsetof(struct meta, path), STORE_PATH_MAX },
+		{ "mgmt-original-size", offsetof(struct meta, size), 32 },
+		{ "mgmt-compression", offsetof(struct meta, compression), 16 },
+		{ "mgmt-started-at", offsetof(struct meta, started), 64 },
+		{ "mgmt-sha256", offsetof(struct meta, sha), 80 },
+	};
+
+	for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
+		if (!strcmp(name, fields[i].name))
+			snprintf((char *)m + fields[i].off, fields[i].len, "%s", value);
+	return 0;
+}
+
+static int is_sha256_hex(const char *s)
+{
+	size_t n = strspn(s, "0123456789abcdef");
+
+	return n == 64 && !s[n];
+}
+
+static int parse_size(const char *s, uint64_t *out)
+{
+	char *end;
+
+	errno = 0;
+	*out = strtoull(s, &end, 10);
+	return *s >= '0' && *s <= '9' && !*end && !errno ? 0 : -EINVAL;
+}
+
+static int is_compression(const char *s)
+{
+	return !strcmp(s, "tar.gz") || !strcmp(s, "gzip") || !strcmp(s, "tar") ||
+	       !strcmp(s, "none");
+}
+
+/* A record for @key from its metadata: 1 made, 0 not mgmtfs's (or taken), -errno. */
+static int rebuild_one(struct rebuild *rb, const char *key, const struct s3_object_info *listed,
+		       struct store_record *rec)
+{
+	struct s3_object_info info = { 0 };
+	struct meta m = { 0 };
+	uint64_t id, size;
+	int rc;
+
+	rc = s3_head_object_meta(rb->c, key, &info, meta_cb, &m);
+	if (rc == -ENOENT)
+		return 0;	/* deleted since the listing */
+	if (rc)
+		return rc;
+	if (strncmp(m.path, "pending/", 8) || !m.path[8] || parse_size(m.size, &size) ||
+	    !is_compression(m.compression))
+		return 0;
+	if (!m.sha[0] && strchr(info.etag, '-') &&
+	    s3_get_tag(rb->c, key, "mgmt-sha256", m.sha, sizeof(m.sha)) &&
+	    s3_client_http_status(rb->c) != 404)
+		mgmtfs_info("cannot read the tags of '%s' (%s): its record has no checksum", key,
+			    s3_client_error(rb->c));
+	/* a unit in pending/ under that name now keeps the path to itself */
+	if (!store_find_path(rb->st, m.path, &id) && !store_get(rb->st, id, rec) &&
+	    rec->status != STORE_COMPLETED && rec->status != STORE_DUPLICATE &&
+	    rec->status != STORE_IGNORED) {
+		rb->busy++;
+		return 0;
+	}
+	memset(rec, 0, sizeof(*rec));
+	rec->status = STORE_COMPLETED;
+	snprintf(rec->original_path, sizeof(rec->original_path), "%s", m.path);
+	rec->original_size = size;
+	rec->started_at = s3_parse_time(m.started);
+	rec->upload_timestamp = info.mtime ? info.mtime : listed->mtime;
+	snprintf(rec->compression_type, sizeof(rec->compression_type), "%s", m.compression);
+	snprintf(rec->s3_bucket, sizeof(rec->s3_bucket), "%s", rb->bucket);
+	snprintf(rec->s3_object_key, sizeof(rec->s3_object_key), "%s", key);
+	snprintf(rec->etag, sizeof(rec->etag), "%s", info.etag);
+	rec->compressed_size = info.size;
+	if (is_sha256_hex(m.sha))
+		snprintf(rec->checksum, sizeof(rec->checksum), "sha256:%s", m.sha);
+	rec->attempts = 1;
+	rc = store_put(rb->st, rec);
+	return rc ? rc : 1;
+}
+
+static int object_cb(const char *key, const struct s3_object_info *o, void *arg)
+{
+	struct rebuild *rb = arg;
+	struct store_record *rec;
+	const char *k = key;
+	int rc;
+
+	rb->seen++;
+	if (bsearch(&k, rb->known.v, rb->known.n, sizeof(*rb->known.v), cmp_str)) {
+		rb->had++;
+	} else {
+		rec = malloc(sizeof(*rec));
+		if (!rec)
+			return -ENOMEM;
+		rc = rebuild_one(rb, key, o, rec);
+		free(rec);
+		if (rc < 0)
+			return rc;
+		if (rc)
+			rb->made++;
+		else
+			rb->foreign++;
+	}
+	if (rb->progress && rb->seen % 100 == 0)
+		fprintf(stderr, "\rrebuild: %zu objects looked at, %zu records made", rb->seen,
+			rb->made);
+	return 0;
+}
+
+int rebuild_run(struct store *st, const struct mgmtfs_config *cfg, int json)
+{
+	struct rebuild rb = { .st = st, .bucket = cfg->bucket, .progress = isatty(2) };
+	struct s3_config sc;
+	char err[512], eb[128], prefix[1100] = "";
+	int rc;
+
+	cfg_s3_config(cfg, &sc);
+	rc = s3_global_init();
+	if (!rc)
+		rc = s3_client_new_err(&sc, &rb.c, err, sizeof(err));
+	if (rc) {
+		fprintf(stderr, "mgmtfs: error: %s\n",
+			rc == -EINVAL ? err : mgmtfs_strerror(rc, eb, sizeof(eb)));
+		return 1;
+	}
+	rc = store_list(st, -1, known_cb, &rb);
+	if (!rc) {
+		qsort(rb.known.v, rb.known.n, sizeof(*rb.known.v), cmp_str);
+		snprintf(prefix, sizeof(prefix), "%s%s", cfg->prefix, *cfg->prefix ? "/" : "");
+		rc = s3_list_objects(rb.c, prefix, object_cb, &rb);
+	}
+	if (rb.progress && rb.seen >= 100)
+		fputc('\n', stderr);
+	if (rc) {
+		const char *why = s3_client_error(rb.c);
+
+		fprintf(stderr, "mgmtfs: error: rebuild stopped after %zu records: %s\n", rb.made,
+			*why ? why : mgmtfs_strerror(rc, eb, sizeof(eb)));
+	} else if (json) {
+		printf("{\"objects\": %zu, \"made\": %zu, \"already\": %zu, \"not_mgmtfs\": %zu, "
+		       "\"in_pending\": %zu}\n",
+		       rb.seen, rb.made, rb.had, rb.foreign, rb.busy);
+	} else {
+		printf("objects in s3://%s/%s: %zu\n"
+		       "records made:          %zu\n"
+		       "already recorded:      %zu\n"
+		       "not from mgmtfs:       %zu\n",
+		       cfg->bucket, prefix, rb.seen, rb.made, rb.had, rb.foreign);
+		if (rb.busy)
+			printf("left alone (a file of that name is in pending/): %zu\n", rb.busy);
+	}
+	for (size_t i = 0; i < rb.known.n; i++)
+		free(rb.known.v[i]);
+	free(rb.known.v);
+	s3_client_free(rb.c);
+	s3_global_cleanup();
+	return rc ? 1 : 0;
+}
