@@ -176,7 +176,8 @@ static int object_cb(const char *key, const struct s3_object_info *o, void *arg)
 	int rc;
 
 	rb->seen++;
-	if (bsearch(&k, rb->known.v, rb->known.n, sizeof(*rb->known.v), cmp_str)) {
+	if (rb->known.n &&
+	    bsearch(&k, rb->known.v, rb->known.n, sizeof(*rb->known.v), cmp_str)) {
 		rb->had++;
 	} else {
 		rec = malloc(sizeof(*rec));
@@ -215,7 +216,8 @@ int rebuild_run(struct store *st, const struct mgmtfs_config *cfg, int json)
 	}
 	rc = store_list(st, -1, known_cb, &rb);
 	if (!rc) {
-		qsort(rb.known.v, rb.known.n, sizeof(*rb.known.v), cmp_str);
+		if (rb.known.n)	/* qsort() and bsearch() want an array, even of 0 */
+			qsort(rb.known.v, rb.known.n, sizeof(*rb.known.v), cmp_str);
 		snprintf(prefix, sizeof(prefix), "%s%s", cfg->prefix, *cfg->prefix ? "/" : "");
 		rc = s3_list_objects(rb.c, prefix, object_cb, &rb);
 	}
