@@ -1811,6 +1811,17 @@ static int list_pages(struct s3_client *c, struct s3_op *op, const struct pager 
 	}
 }
 
+/* A listing of the bucket itself (not of an upload). */
+static int list_bucket(struct s3_client *c, const struct pager *pg, void *arg)
+{
+	struct s3_op op;
+	int rc;
+
+	op_init(&op, "GET", NULL);
+	rc = list_pages(c, &op, pg, arg);
+	return op_done(&op, rc, NULL);
+}
+
 /* Take the text of <@tag> as the next marker into @marker (size @len): 0, or -1 if none or the same. */
 static int next_marker(const char *body, const char *end, const char *tag, char *marker,
 		       size_t len)
@@ -1949,12 +1960,8 @@ int s3_mpu_list(struct s3_client *c, const char *prefix,
 	static const struct pager pg = { "ListMultipartUploads", "Upload", uploads_query,
 					 uploads_item, uploads_advance };
 	struct uploads_list l = { .prefix = prefix, .cb = cb, .arg = arg };
-	struct s3_op op;
-	int rc;
 
-	op_init(&op, "GET", NULL);
-	rc = list_pages(c, &op, &pg, &l);
-	return op_done(&op, rc, NULL);
+	return list_bucket(c, &pg, &l);
 }
 
 struct objects_list {
@@ -2006,12 +2013,8 @@ int s3_list_objects(struct s3_client *c, const char *prefix,
 	static const struct pager pg = { "ListObjectsV2", "Contents", objects_query,
 					 objects_item, objects_advance };
 	struct objects_list l = { .prefix = prefix, .cb = cb, .arg = arg };
-	struct s3_op op;
-	int rc;
 
-	op_init(&op, "GET", NULL);
-	rc = list_pages(c, &op, &pg, &l);
-	return op_done(&op, rc, NULL);
+	return list_bucket(c, &pg, &l);
 }
 
 int s3_put_tag(struct s3_client *c, const char *key, const char *name, const char *value)
