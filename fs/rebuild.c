@@ -7,9 +7,10 @@
  * the metadata for a single PUT, as the tag mgmt-sha256 for a multipart
  * upload (its metadata goes out before the checksum is known).  Rebuild
  * lists the bucket under the prefix, leaves out the keys a record already
- * names, HEADs the others and writes a completed record for each that has
- * that metadata.  Objects without it are not mgmtfs's and are left alone,
- * so running it twice makes nothing twice.
+ * names, then HEADs the others oldest first (so record ids follow upload
+ * times, as `mgmtfs list` expects) and writes a completed record for each
+ * that has that metadata.  Objects without it are not mgmtfs's and are
+ * left alone, so running it twice makes nothing twice.
  */
 #include "fs/fs_i.h"
 
@@ -23,8 +24,13 @@
 #include "common/log.h"
 #include "s3/s3.h"
 
+struct key {
+	char *key;
+	int64_t mtime;		/* Last-Modified (of the objects to look at) */
+};
+
 struct keys {
-	char **v;
+	struct key *v;
 	size_t n, cap;
 };
 
@@ -33,9 +39,9 @@ struct rebuild {
 	struct s3_client *c;
 	const char *bucket;
 	struct keys known;	/* sorted: keys a record already names */
+	struct keys todo;	/* the other keys listed */
 	size_t seen, made, had, foreign, busy;
 	int progress;		/* stderr is a terminal */
-	int rc;
 };
 
 /* What the x-amz-meta-mgmt-* headers of one object said. */
@@ -47,27 +53,49 @@ struct meta {
 	char sha[80];
 };
 
-static int keys_add(struct keys *k, const char *key)
+static int keys_add(struct keys *k, const char *key, int64_t mtime)
 {
 	if (k->n == k->cap) {
 		size_t ncap = k->cap ? 2 * k->cap : 256;
-		char **nv = realloc(k->v, ncap * sizeof(*nv));
+		struct key *nv = realloc(k->v, ncap * sizeof(*nv));
 
 		if (!nv)
 			return -ENOMEM;
 		k->v = nv;
 		k->cap = ncap;
 	}
-	k->v[k->n] = strdup(key);
-	if (!k->v[k->n])
+	k->v[k->n].key = strdup(key);
+	if (!k->v[k->n].key)
 		return -ENOMEM;
-	k->n++;
+	k->v[k->n++].mtime = mtime;
 	return 0;
 }
 
-static int cmp_str(const void *a, const void *b)
+static void keys_free(struct keys *k)
 {
-	return strcmp(*(char *const *)a, *(char *const *)b);
+	for (size_t i = 0; i < k->n; i++)
+		free(k->v[i].key);
+	free(k->v);
+}
+
+static int by_key(const void *a, const void *b)
+{
+	return strcmp(((const struct key *)a)->key, ((const struct key *)b)->key);
+}
+
+/* Oldest first, then by key. */
+static int by_mtime(const void *a, const void *b)
+{
+	const struct key *x = a, *y = b;
+
+	return x->mtime != y->mtime ? (x->mtime < y->mtime ? -1 : 1) : by_key(a, b);
+}
+
+/* qsort() wants an array, even of 0 elements */
+static void keys_sort(struct keys *k, int (*cmp)(const void *, const void *))
+{
+	if (k->n)
+		qsort(k->v, k->n, sizeof(*k->v), cmp);
 }
 
 static int known_cb(const struct store_record *rec, void *arg)
@@ -76,7 +104,7 @@ static int known_cb(const struct store_record *rec, void *arg)
 
 	if (!rec->s3_object_key[0] || strcmp(rec->s3_bucket, rb->bucket))
 		return 0;
-	return keys_add(&rb->known, rec->s3_object_key);
+	return keys_add(&rb->known, rec->s3_object_key, 0);
 }
 
 static int meta_cb(const char *name, const char *value, void *arg)
@@ -122,7 +150,7 @@ static int is_compression(const char *s)
 }
 
 /* A record for @key from its metadata: 1 made, 0 not mgmtfs's (or taken), -errno. */
-static int rebuild_one(struct rebuild *rb, const char *key, const struct s3_object_info *listed,
+static int rebuild_one(struct rebuild *rb, const char *key, int64_t listed_mtime,
 		       struct store_record *rec)
 {
 	struct s3_object_info info = { 0 };
@@ -155,7 +183,7 @@ static int rebuild_one(struct rebuild *rb, const char *key, const struct s3_obje
 	snprintf(rec->original_path, sizeof(rec->original_path), "%s", m.path);
 	rec->original_size = size;
 	rec->started_at = s3_parse_time(m.started);
-	rec->upload_timestamp = info.mtime ? info.mtime : listed->mtime;
+	rec->upload_timestamp = info.mtime ? info.mtime : listed_mtime;
 	snprintf(rec->compression_type, sizeof(rec->compression_type), "%s", m.compression);
 	snprintf(rec->s3_bucket, sizeof(rec->s3_bucket), "%s", rb->bucket);
 	snprintf(rec->s3_object_key, sizeof(rec->s3_object_key), "%s", key);
@@ -171,31 +199,36 @@ static int rebuild_one(struct rebuild *rb, const char *key, const struct s3_obje
 static int object_cb(const char *key, const struct s3_object_info *o, void *arg)
 {
 	struct rebuild *rb = arg;
-	struct store_record *rec;
-	const char *k = key;
-	int rc;
+	struct key k = { .key = (char *)key };
 
 	rb->seen++;
-	if (rb->known.n &&
-	    bsearch(&k, rb->known.v, rb->known.n, sizeof(*rb->known.v), cmp_str)) {
+	if (rb->known.n && bsearch(&k, rb->known.v, rb->known.n, sizeof(k), by_key)) {
 		rb->had++;
-	} else {
-		rec = malloc(sizeof(*rec));
-		if (!rec)
-			return -ENOMEM;
-		rc = rebuild_one(rb, key, o, rec);
-		free(rec);
-		if (rc < 0)
-			return rc;
-		if (rc)
-			rb->made++;
-		else
-			rb->foreign++;
+		return 0;
 	}
-	if (rb->progress && rb->seen % 100 == 0)
-		fprintf(stderr, "\rrebuild: %zu objects looked at, %zu records made", rb->seen,
-			rb->made);
-	return 0;
+	return keys_add(&rb->todo, key, o->mtime);
+}
+
+static int look_at_all(struct rebuild *rb)
+{
+	struct store_record *rec = malloc(sizeof(*rec));
+	int rc = 0;
+
+	if (!rec)
+		return -ENOMEM;
+	keys_sort(&rb->todo, by_mtime);
+	for (size_t i = 0; i < rb->todo.n && rc >= 0; i++) {
+		rc = rebuild_one(rb, rb->todo.v[i].key, rb->todo.v[i].mtime, rec);
+		if (rc > 0)
+			rb->made++;
+		else if (rc == 0)
+			rb->foreign++;
+		if (rb->progress && (i + 1) % 100 == 0)
+			fprintf(stderr, "\rrebuild: %zu of %zu objects looked at, %zu records made",
+				i + 1, rb->todo.n, rb->made);
+	}
+	free(rec);
+	return rc < 0 ? rc : 0;
 }
 
 int rebuild_run(struct store *st, const struct mgmtfs_config *cfg, int json)
@@ -206,6 +239,12 @@ int rebuild_run(struct store *st, const struct mgmtfs_config *cfg, int json)
 	int rc;
 
 	cfg_s3_config(cfg, &sc);
+	/* a command: a dead endpoint fails within seconds, in one line, not eight */
+	sc.max_attempts = 4;
+	sc.retry_max_seconds = 10;
+	sc.connect_timeout = 5;
+	if (atomic_load(&mgmtfs_log_threshold) < MGMTFS_LOG_DEBUG)
+		atomic_store(&mgmtfs_log_threshold, MGMTFS_LOG_ERR);
 	rc = s3_global_init();
 	if (!rc)
 		rc = s3_client_new_err(&sc, &rb.c, err, sizeof(err));
@@ -216,12 +255,13 @@ int rebuild_run(struct store *st, const struct mgmtfs_config *cfg, int json)
 	}
 	rc = store_list(st, -1, known_cb, &rb);
 	if (!rc) {
-		if (rb.known.n)	/* qsort() and bsearch() want an array, even of 0 */
-			qsort(rb.known.v, rb.known.n, sizeof(*rb.known.v), cmp_str);
+		keys_sort(&rb.known, by_key);
 		snprintf(prefix, sizeof(prefix), "%s%s", cfg->prefix, *cfg->prefix ? "/" : "");
 		rc = s3_list_objects(rb.c, prefix, object_cb, &rb);
 	}
-	if (rb.progress && rb.seen >= 100)
+	if (!rc)
+		rc = look_at_all(&rb);
+	if (rb.progress && rb.todo.n >= 100)
 		fputc('\n', stderr);
 	if (rc) {
 		const char *why = s3_client_error(rb.c);
@@ -241,9 +281,8 @@ int rebuild_run(struct store *st, const struct mgmtfs_config *cfg, int json)
 		if (rb.busy)
 			printf("left alone (a file of that name is in pending/): %zu\n", rb.busy);
 	}
-	for (size_t i = 0; i < rb.known.n; i++)
-		free(rb.known.v[i]);
-	free(rb.known.v);
+	keys_free(&rb.known);
+	keys_free(&rb.todo);
 	s3_client_free(rb.c);
 	s3_global_cleanup();
 	return rc ? 1 : 0;

@@ -9,6 +9,7 @@ second rebuild makes nothing twice.
 import json
 import os
 import subprocess
+import time
 
 from helpers import parse_utc, sha256, tail, write_source
 
@@ -26,11 +27,16 @@ def rebuild(m, local, *args):
     return p
 
 
-def records(m, local):
+def listed(m, local):
+    """`mgmtfs list --json`: the records, newest first."""
     p = subprocess.run([str(m.binary), "list", "--json", "--local-dir", str(local)],
                        env=m.env, capture_output=True, timeout=60)
     assert p.returncode == 0, p.stderr
-    return {r["s3_object_key"]: r for r in json.loads(p.stdout)}
+    return json.loads(p.stdout)
+
+
+def records(m, local):
+    return {r["s3_object_key"]: r for r in listed(m, local)}
 
 
 def test_rebuild_from_bucket(mount, tmp_path, s3):
@@ -40,6 +46,7 @@ def test_rebuild_from_bucket(mount, tmp_path, s3):
     for name, data in (("small.txt", small), ("big.bin", big)):
         m.drop(write_source(tmp_path, name, data))
         m.wait_completed(name)
+        time.sleep(1.1)  # Last-Modified has whole seconds: the two uploads differ
     before = records(m, m.local)
     assert len(before) == 2
     big_rec = before[m.key("big.bin")]
@@ -53,6 +60,9 @@ def test_rebuild_from_bucket(mount, tmp_path, s3):
                                     "in_pending": 0}
     after = records(m, fresh)
     assert set(after) == set(before)
+    # ids follow the upload times (by key, big.bin would get the older id)
+    assert [r["original_path"] for r in listed(m, fresh)] == ["pending/big.bin",
+                                                             "pending/small.txt"]
     for key, want in before.items():
         got = after[key]
         assert {f: got[f] for f in SAME} == {f: want[f] for f in SAME}, key
