@@ -509,33 +509,16 @@ static int cmd_hold(struct cli *c, int on)
 	return 0;
 }
 
-/* *@dst = a copy of @v (NULL: left as it is).  0 or -ENOMEM. */
-static int override(char **dst, const char *v)
-{
-	char *n;
-
-	if (!v)
-		return 0;
-	n = strdup(v);
-	if (!n)
-		return -ENOMEM;
-	free(*dst);
-	*dst = n;
-	return 0;
-}
-
 static int cmd_rebuild(struct cli *c)
 {
 	struct mgmtfs_config *cfg = &c->cfg;
-	char err[1024];
-	size_t n;
+	char err[1024] = "out of memory";
 
-	if (override(&cfg->bucket, c->bucket) || override(&cfg->prefix, c->prefix)) {
-		fprintf(stderr, "mgmtfs: error: out of memory\n");
+	if ((c->bucket && cfg_set(cfg, "bucket", c->bucket, "--bucket", err, sizeof(err))) ||
+	    (c->prefix && cfg_set(cfg, "prefix", c->prefix, "--prefix", err, sizeof(err)))) {
+		fprintf(stderr, "mgmtfs: error: %s\n", err);
 		return 1;
 	}
-	for (n = strlen(cfg->prefix); n && cfg->prefix[n - 1] == '/'; n--)
-		cfg->prefix[n - 1] = '\0';
 	if (!cfg->bucket || !*cfg->bucket) {
 		fprintf(stderr, "mgmtfs: error: no bucket: give --bucket NAME or set MGMT_BUCKET\n");
 		return 1;

@@ -654,6 +654,12 @@ int cfg_parse_mount(int argc, char **argv, struct mgmtfs_config *cfg, char *err,
 	return finish_paths(cfg, err, errlen);
 }
 
+int cfg_set(struct mgmtfs_config *cfg, const char *key, const char *val, const char *src,
+	    char *err, size_t errlen)
+{
+	return apply(cfg, key, val, src, err, errlen);
+}
+
 int cfg_finish_s3(struct mgmtfs_config *cfg, char *err, size_t errlen)
 {
 	if (!cfg->region && set_str(&cfg->region, "us-east-1"))

@@ -60,6 +60,13 @@ int cfg_parse_mount(int argc, char **argv, struct mgmtfs_config *cfg, char *err,
 int cfg_load_for_cli(const char *local_dir, struct mgmtfs_config *cfg, char *err, size_t errlen);
 
 /*
+ * Set option @key to @val as -o would (@src names where it came from, for
+ * the message).  0, or -errno with one line in @err.
+ */
+int cfg_set(struct mgmtfs_config *cfg, const char *key, const char *val, const char *src,
+	    char *err, size_t errlen);
+
+/*
  * The S3 settings a command needs besides those: region and endpoint
  * defaults, the endpoint checked, the credentials loaded.  0 or -errno with
  * one line in @err.

@@ -747,13 +747,7 @@ static int find_duplicate(struct engine *e, struct s3_client *c, uint64_t self,
 		snprintf(r->key, sizeof(r->key), "%s", rec->s3_object_key);
 		snprintf(r->etag, sizeof(r->etag), "%s", rec->etag);
 		r->out = rec->compressed_size;
-		if (!strcmp(rec->compression_type, "tar"))
-			r->fmt = ARC_TAR;
-		else if (!strcmp(rec->compression_type, "gzip"))
-			r->fmt = ARC_GZIP;
-		else if (!strcmp(rec->compression_type, "none"))
-			r->fmt = ARC_NONE;
-		else
+		if (arc_format_parse(rec->compression_type, &r->fmt) || r->fmt == ARC_AUTO)
 			r->fmt = ARC_TAR_GZ;
 		r->status = STORE_DUPLICATE;
 		found = 1;

@@ -21,6 +21,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "archive/arc.h"
 #include "common/log.h"
 #include "s3/s3.h"
 
@@ -143,29 +144,27 @@ static int parse_size(const char *s, uint64_t *out)
 	return *s >= '0' && *s <= '9' && !*end && !errno ? 0 : -EINVAL;
 }
 
-static int is_compression(const char *s)
-{
-	return !strcmp(s, "tar.gz") || !strcmp(s, "gzip") || !strcmp(s, "tar") ||
-	       !strcmp(s, "none");
-}
+/* What became of one object. */
+enum { R_FOREIGN, R_MADE, R_BUSY, R_GONE };
 
-/* A record for @key from its metadata: 1 made, 0 not mgmtfs's (or taken), -errno. */
+/* A record for @key from its metadata: one of R_*, or -errno. */
 static int rebuild_one(struct rebuild *rb, const char *key, int64_t listed_mtime,
 		       struct store_record *rec)
 {
 	struct s3_object_info info = { 0 };
 	struct meta m = { 0 };
+	enum arc_format fmt;
 	uint64_t id, size;
 	int rc;
 
 	rc = s3_head_object_meta(rb->c, key, &info, meta_cb, &m);
 	if (rc == -ENOENT)
-		return 0;	/* deleted since the listing */
+		return R_GONE;	/* deleted since the listing */
 	if (rc)
 		return rc;
 	if (strncmp(m.path, "pending/", 8) || !m.path[8] || parse_size(m.size, &size) ||
-	    !is_compression(m.compression))
-		return 0;
+	    arc_format_parse(m.compression, &fmt) || fmt == ARC_AUTO)
+		return R_FOREIGN;
 	if (!m.sha[0] && strchr(info.etag, '-') &&
 	    s3_get_tag(rb->c, key, "mgmt-sha256", m.sha, sizeof(m.sha)) &&
 	    s3_client_http_status(rb->c) != 404)
@@ -174,10 +173,8 @@ static int rebuild_one(struct rebuild *rb, const char *key, int64_t listed_mtime
 	/* a unit in pending/ under that name now keeps the path to itself */
 	if (!store_find_path(rb->st, m.path, &id) && !store_get(rb->st, id, rec) &&
 	    rec->status != STORE_COMPLETED && rec->status != STORE_DUPLICATE &&
-	    rec->status != STORE_IGNORED) {
-		rb->busy++;
-		return 0;
-	}
+	    rec->status != STORE_IGNORED)
+		return R_BUSY;
 	memset(rec, 0, sizeof(*rec));
 	rec->status = STORE_COMPLETED;
 	snprintf(rec->original_path, sizeof(rec->original_path), "%s", m.path);
@@ -193,7 +190,7 @@ static int rebuild_one(struct rebuild *rb, const char *key, int64_t listed_mtime
 		snprintf(rec->checksum, sizeof(rec->checksum), "sha256:%s", m.sha);
 	rec->attempts = 1;
 	rc = store_put(rb->st, rec);
-	return rc ? rc : 1;
+	return rc ? rc : R_MADE;
 }
 
 static int object_cb(const char *key, const struct s3_object_info *o, void *arg)
@@ -219,10 +216,9 @@ static int look_at_all(struct rebuild *rb)
 	keys_sort(&rb->todo, by_mtime);
 	for (size_t i = 0; i < rb->todo.n && rc >= 0; i++) {
 		rc = rebuild_one(rb, rb->todo.v[i].key, rb->todo.v[i].mtime, rec);
-		if (rc > 0)
-			rb->made++;
-		else if (rc == 0)
-			rb->foreign++;
+		rb->made += rc == R_MADE;
+		rb->foreign += rc == R_FOREIGN;
+		rb->busy += rc == R_BUSY;
 		if (rb->progress && (i + 1) % 100 == 0)
 			fprintf(stderr, "\rrebuild: %zu of %zu objects looked at, %zu records made",
 				i + 1, rb->todo.n, rb->made);

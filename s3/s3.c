@@ -458,6 +458,16 @@ static int on_xfer(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off_t u
 	return 0;
 }
 
+/* The length of a header's value at @v (line end @e) without the trailing blanks and CRLF. */
+static size_t header_value_len(const char *v, const char *e)
+{
+	size_t n = (size_t)(e - v);
+
+	while (n && (v[n - 1] == '\r' || v[n - 1] == '\n' || v[n - 1] == ' ' || v[n - 1] == '\t'))
+		n--;
+	return n;
+}
+
 static size_t on_header(char *buf, size_t size, size_t nitems, void *arg)
 {
 	struct s3_attempt *at = arg;
@@ -509,21 +519,17 @@ static size_t on_header(char *buf, size_t size, size_t nitems, void *arg)
 		rs->have_length = 1;
 	} else if (nl == 13 && strncasecmp(buf, "last-modified", 13) == 0) {
 		char t[64];
-		size_t tl = (size_t)(e - v);
+		size_t tl = header_value_len(v, e);
 
-		while (tl && (v[tl - 1] == '\r' || v[tl - 1] == '\n' || v[tl - 1] == ' '))
-			tl--;
 		if (tl < sizeof(t)) {
 			memcpy(t, v, tl);
 			t[tl] = '\0';
 			rs->last_modified = s3_parse_time(t);
 		}
 	} else if (at->rq->want_meta && nl > 11 && strncasecmp(buf, "x-amz-meta-", 11) == 0) {
-		size_t vl = (size_t)(e - v);
+		size_t vl = header_value_len(v, e);
 		char lower[256];
 
-		while (vl && (v[vl - 1] == '\r' || v[vl - 1] == '\n' || v[vl - 1] == ' '))
-			vl--;
 		if (nl - 11 < sizeof(lower)) {
 			for (size_t i = 0; i < nl - 11; i++)
 				lower[i] = (char)tolower((unsigned char)buf[11 + i]);
