@@ -460,8 +460,7 @@ int engine_progress(struct engine *e, uint64_t id, uint64_t *done, uint64_t *tot
 
 /* ---- names -------------------------------------------------------------- */
 
-/* "a.txt", 2 -> "a_2.txt" (the mgmt CLI's convention); 0 -> "a.txt". */
-static void numbered_name(const char *name, unsigned i, char *buf, size_t len)
+void fs_numbered_name(const char *name, unsigned i, char *buf, size_t len)
 {
 	const char *dot = strrchr(name, '.');
 
@@ -480,7 +479,7 @@ static void object_key(struct engine *e, const char *name, unsigned i, enum arc_
 	const char *prefix = e->cfg->prefix;
 
 	if (fmt == ARC_NONE) {
-		numbered_name(name, i, base, sizeof(base));
+		fs_numbered_name(name, i, base, sizeof(base));
 	} else if (i == 0) {
 		snprintf(base, sizeof(base), "%s%s", name, arc_format_suffix(fmt));
 	} else {
@@ -1318,7 +1317,7 @@ static void finish_ok(struct engine *e, struct unit *u, const char *name, struct
 	int rc = -EEXIST;
 
 	for (unsigned i = 0; rc == -EEXIST && i < MAX_NAME_TRIES; i++) {
-		numbered_name(name, i, dest, sizeof(dest));
+		fs_numbered_name(name, i, dest, sizeof(dest));
 		snprintf(path, sizeof(path), "%s/%s", e->cfg->completed_dir, dest);
 		if (access(path, F_OK) == 0)
 			continue;

@@ -130,6 +130,8 @@ int cli_is_command(const char *arg);
 int rebuild_run(struct store *st, const struct mgmtfs_config *cfg, int json);
 
 /* util */
+/* "a.txt", 2 -> "a_2.txt" (the mgmt CLI's convention for a taken name); 0 -> "a.txt". */
+void fs_numbered_name(const char *name, unsigned i, char *buf, size_t len);
 int64_t fs_now(void);
 double fs_monotonic(void);
 

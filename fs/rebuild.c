@@ -10,15 +10,20 @@
  * names, then HEADs the others oldest first (so record ids follow upload
  * times, as `mgmtfs list` expects) and writes a completed record for each
  * that has that metadata.  Objects without it are not mgmtfs's and are
- * left alone, so running it twice makes nothing twice.
+ * left alone, so running it twice makes nothing twice.  When only the
+ * database was lost, the copies in completed/ are found again by name and
+ * size (find_local_copy), so completed/ shows their records.
  */
 #include "fs/fs_i.h"
 
 #include <errno.h>
+#include <ftw.h>
+#include <limits.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "archive/arc.h"
@@ -39,6 +44,7 @@ struct rebuild {
 	struct store *st;
 	struct s3_client *c;
 	const char *bucket;
+	const char *completed_dir;
 	struct keys known;	/* sorted: keys a record already names */
 	struct keys todo;	/* the other keys listed */
 	size_t seen, made, had, foreign, busy;
@@ -144,6 +150,54 @@ static int parse_size(const char *s, uint64_t *out)
 	return *s >= '0' && *s <= '9' && !*end && !errno ? 0 : -EINVAL;
 }
 
+/* Bytes of the regular files under the directory being walked (nftw has no argument). */
+static _Thread_local uint64_t tree_bytes;
+
+static int add_file(const char *path, const struct stat *st, int type, struct FTW *ftw)
+{
+	(void)path;
+	(void)ftw;
+	if (type == FTW_F && S_ISREG(st->st_mode))
+		tree_bytes += (uint64_t)st->st_size;
+	return 0;
+}
+
+/*
+ * Where the unit of @rec lies in completed/ on this host, if it is still
+ * there (a lost database, not a lost disk): the first of NAME, NAME_1.EXT,
+ * ... that no record holds and whose size (a directory: its files added
+ * up) is the original's.  Without one the record has no completed_path.
+ */
+static void find_local_copy(struct rebuild *rb, struct store_record *rec)
+{
+	const char *name = rec->original_path + 8;	/* after "pending/" */
+	char dest[NAME_MAX + 1], path[PATH_MAX], rel[STORE_PATH_MAX];
+	struct stat st;
+	uint64_t id, size;
+
+	for (unsigned i = 0; i < 100; i++) {
+		fs_numbered_name(name, i, dest, sizeof(dest));
+		snprintf(path, sizeof(path), "%s/%s", rb->completed_dir, dest);
+		snprintf(rel, sizeof(rel), "completed/%s", dest);
+		if (lstat(path, &st) || store_find_path(rb->st, rel, &id) == 0)
+			continue;
+		if (S_ISREG(st.st_mode)) {
+			size = (uint64_t)st.st_size;
+		} else if (S_ISDIR(st.st_mode)) {
+			tree_bytes = 0;
+			if (nftw(path, add_file, 16, FTW_PHYS))
+				continue;
+			size = tree_bytes;
+		} else {
+			continue;
+		}
+		if (size == rec->original_size) {
+			snprintf(rec->completed_path, sizeof(rec->completed_path), "%s", rel);
+			return;
+		}
+	}
+}
+
 /* What became of one object. */
 enum { R_FOREIGN, R_MADE, R_BUSY, R_GONE };
 
@@ -189,6 +243,8 @@ static int rebuild_one(struct rebuild *rb, const char *key, int64_t listed_mtime
 	if (is_sha256_hex(m.sha))
 		snprintf(rec->checksum, sizeof(rec->checksum), "sha256:%s", m.sha);
 	rec->attempts = 1;
+	if (rb->completed_dir)
+		find_local_copy(rb, rec);
 	rc = store_put(rb->st, rec);
 	return rc ? rc : R_MADE;
 }
@@ -229,7 +285,8 @@ static int look_at_all(struct rebuild *rb)
 
 int rebuild_run(struct store *st, const struct mgmtfs_config *cfg, int json)
 {
-	struct rebuild rb = { .st = st, .bucket = cfg->bucket, .progress = isatty(2) };
+	struct rebuild rb = { .st = st, .bucket = cfg->bucket, .completed_dir = cfg->completed_dir,
+			      .progress = isatty(2) };
 	struct s3_config sc;
 	char err[512], eb[128], prefix[1100] = "";
 	int rc;

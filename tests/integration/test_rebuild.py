@@ -11,7 +11,7 @@ import os
 import subprocess
 import time
 
-from helpers import parse_utc, sha256, tail, write_source
+from helpers import get_xattr, parse_utc, sha256, tail, write_source
 
 # what the bucket can tell: everything but the ids and the local paths
 SAME = ("status", "original_path", "compression_type", "s3_bucket", "s3_object_key", "etag",
@@ -60,6 +60,8 @@ def test_rebuild_from_bucket(mount, tmp_path, s3):
                                     "in_pending": 0}
     after = records(m, fresh)
     assert set(after) == set(before)
+    # nothing of them is on this host's disk
+    assert [r.get("completed_path", "") for r in after.values()] == ["", ""]
     # ids follow the upload times (by key, big.bin would get the older id)
     assert [r["original_path"] for r in listed(m, fresh)] == ["pending/big.bin",
                                                              "pending/small.txt"]
@@ -86,3 +88,39 @@ def test_rebuild_needs_a_bucket(mount, tmp_path):
     err = p.stderr.decode().strip()
     assert p.returncode == 1 and len(err.splitlines()) == 1, err
     assert "no bucket: give --bucket NAME or set MGMT_BUCKET" in err
+
+
+def test_rebuild_lost_database_finds_local_copies(mount, tmp_path):
+    """The records lost but the disk kept (LOCAL_DIR/.mgmt removed): rebuild
+    gives each record back its completed_path, so completed/ shows the
+    xattrs again; a taken name (a_1.txt) and a directory are matched too."""
+    m = mount({"dir_settle": "0.3"})
+    for i, data in enumerate((b"first a.txt\n", b"the second a.txt, longer\n")):
+        (tmp_path / f"v{i}").mkdir()
+        m.drop(write_source(tmp_path / f"v{i}", "a.txt", data))
+        m.wait_completed("a.txt", "a.txt" if i == 0 else "a_1.txt")
+        time.sleep(1.1)  # Last-Modified has whole seconds: keep the upload order
+    album = tmp_path / "src" / "album"
+    album.mkdir(parents=True)
+    (album / "one.txt").write_bytes(b"1" * 1000)
+    (album / "two.txt").write_bytes(b"2" * 2345)
+    subprocess.run(["cp", "-r", str(album), str(m.pending("album"))], check=True)
+    m.wait_completed("album")
+    before = records(m, m.local)
+    assert sorted(r["completed_path"] for r in before.values()) == [
+        "completed/a.txt", "completed/a_1.txt", "completed/album"]
+
+    assert not m.stop()
+    subprocess.run(["rm", "-rf", str(m.local / ".mgmt")], check=True)
+    assert json.loads(rebuild(m, m.local, "--json").stdout)["made"] == 3
+    after = records(m, m.local)
+    assert set(after) == set(before)
+    for key, want in before.items():
+        assert (after[key].get("completed_path"), after[key]["original_size"]) == \
+            (want["completed_path"], want["original_size"]), key
+
+    # mounted again, completed/ shows the rebuilt records
+    m.start()
+    assert get_xattr(m.completed("a_1.txt"), "user.mgmt.checksum") == \
+        f"sha256:{sha256(b'the second a.txt, longer' + bytes([10]))}"
+    assert get_xattr(m.completed("album"), "user.mgmt.status") == "completed"
