@@ -43,6 +43,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -54,6 +55,7 @@
 
 #define RESCAN_SECONDS 1.0
 #define MAX_NAME_TRIES 10000
+#define HUGE_PAGE (2u << 20)
 
 enum unit_state {
 	U_WAITING,
@@ -497,6 +499,22 @@ static void object_key(struct engine *e, const char *name, unsigned i, enum arc_
  * the bound memory has anyway; other sizes (a part grown for a huge file)
  * are freed after use.
  */
+/*
+ * A part buffer in 2 MiB pages where the kernel has them to give: 4 page
+ * faults per 8 MiB instead of 2,048.  On this project's VMs a fault costs
+ * tens of microseconds (the host is asked for the page), so the first
+ * multipart upload of a mount spent about 0.15 s of CPU warming its pool.
+ */
+static unsigned char *buf_new(size_t size)
+{
+	void *b = NULL;
+
+	if (size < HUGE_PAGE || posix_memalign(&b, HUGE_PAGE, size))
+		return malloc(size);
+	madvise(b, size, MADV_HUGEPAGE);	/* a hint: without it, 4 KiB pages */
+	return b;
+}
+
 static unsigned char *buf_get(struct engine *e, size_t size)
 {
 	unsigned char *b = NULL;
@@ -506,9 +524,9 @@ static unsigned char *buf_get(struct engine *e, size_t size)
 		if (e->npool)
 			b = e->pool[--e->npool];
 		pthread_mutex_unlock(&e->pool_lock);
-		return b ? b : malloc(e->pool_size);
+		return b ? b : buf_new(e->pool_size);
 	}
-	return malloc(size);
+	return buf_new(size);
 }
 
 static void buf_put(struct engine *e, unsigned char *b, size_t size)

@@ -711,7 +711,7 @@ static struct s3_verdict curl_verdict(struct s3_client *c, CURLcode cc, struct s
 	struct s3_verdict v = { -EIO, 1 };
 	const char *why = c->curl_err[0] ? c->curl_err : curl_easy_strerror(cc);
 	char eb[128];
-	long oserr = 0;
+	long oserr = 0, sent = 0;
 
 	switch (cc) {
 	case CURLE_ABORTED_BY_CALLBACK:
@@ -752,6 +752,19 @@ static struct s3_verdict curl_verdict(struct s3_client *c, CURLcode cc, struct s
 		return v;
 	case CURLE_OPERATION_TIMEDOUT:
 		v.rc = -ETIMEDOUT;
+		/*
+		 * A server that took the request and then went quiet is most
+		 * often full or overloaded (a full Ceph cluster blocks writes
+		 * rather than refusing them), not unreachable.
+		 */
+		if (curl_easy_getinfo(c->easy, CURLINFO_REQUEST_SIZE, &sent) == CURLE_OK &&
+		    sent > 0) {
+			err_what(c, "%s took the request and then stopped answering (%s)",
+				 c->endpoint, why);
+			err_hint(c, "check that the server is not out of space or overloaded, "
+				    "and the network");
+			return v;
+		}
 		err_what(c, "timed out talking to %s (%s)", c->endpoint, why);
 		err_hint(c, "check the network and that the server runs");
 		return v;

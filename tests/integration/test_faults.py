@@ -198,6 +198,23 @@ def test_403_on_a_part_fails_at_once_and_aborts(fault_proxy, mount, s3, tmp_path
     assert get_xattr(m.completed(name), "user.mgmt.error") == "<ENODATA>"
 
 
+def test_server_that_stops_answering_is_named(fault_proxy, mount):
+    """A server that takes every PUT and never answers (as a full Ceph
+    cluster does): the unit fails after max_attempts with an error that
+    points at the server's space and load, not at a dead endpoint."""
+    m = mount(proxied(fault_proxy, stall_seconds=1, max_attempts=2, retry_max_seconds=1))
+    name = "stuck.bin"
+    fault_proxy.set_rules([{"fault": "stall:600", "match": single_put_line(m, name)}])
+    write_file(m.pending(name), data_of(SMALL, 11))
+
+    wait_status(m.pending(name), "failed")
+    error = get_xattr(m.pending(name), "user.mgmt.error")
+    assert f"{fault_proxy.endpoint} took the request and then stopped answering" in error
+    assert "gave up after 2 attempts" in error
+    assert "check that the server is not out of space or overloaded" in error
+    assert len(fault_proxy.log().find("PUT", single_put(m, name), "GONE")) == 2
+
+
 def upload_held_at_part_2(fault_proxy, mount, name, seed):
     """Mount, drop pending/@name (multipart) and hold its part 2 on the wire."""
     m = mount(proxied(fault_proxy))
