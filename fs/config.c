@@ -46,10 +46,14 @@ static const char usage_text[] =
 	"  dir_settle=SECONDS     quiet time for a directory unit, default 5\n"
 	"  compression=tar.gz|gzip|tar|auto|none   default tar.gz\n"
 	"  level=1..9             compression level, default 6\n"
-	"  part_size=SIZE         multipart part size, default 8M (grown for\n"
+	"  part_size=SIZE         multipart part size, default 16M (grown for\n"
 	"                         huge files so no object needs 10,000 parts)\n"
 	"  parts_in_flight=N      parts uploaded at once per file, default 4\n"
 	"  uploads=N              files uploaded at once, default 4\n"
+	"  buffer_memory=SIZE     part buffers of all multipart uploads together,\n"
+	"                         default 192M: as many run at once as fit\n"
+	"                         ((parts_in_flight + 1) x part_size each), one\n"
+	"                         at least, uploads at most\n"
 	"  threads=N              compression threads, default all cores\n"
 	"  endpoint=URL           S3 endpoint (AWS_ENDPOINT_URL)\n"
 	"  region=R               (AWS_REGION) default us-east-1\n"
@@ -212,7 +216,8 @@ static int apply(struct mgmtfs_config *cfg, const char *key, const char *val, co
 
 	static const char *const with_value[] = {
 		"bucket", "prefix", "local_dir", "completed_dir", "settle", "dir_settle",
-		"compression", "level", "part_size", "parts_in_flight", "uploads", "threads",
+		"compression", "level", "part_size", "buffer_memory", "parts_in_flight", "uploads",
+		"threads",
 		"max_attempts", "retry_max_seconds", "stall_seconds", "endpoint", "region",
 		"addressing", "ignore", NULL
 	};
@@ -264,6 +269,11 @@ static int apply(struct mgmtfs_config *cfg, const char *key, const char *val, co
 			return fail(err, errlen,
 				    "part_size='%s' in %s: use a size from 1M to 5G, e.g. 8M", val,
 				    src);
+	} else if (!strcmp(key, "buffer_memory")) {
+		if (cfg_parse_size(val, &cfg->buffer_memory) || cfg->buffer_memory < (1u << 20))
+			return fail(err, errlen,
+				    "buffer_memory='%s' in %s: use a size of at least 1M, e.g. 192M",
+				    val, src);
 	} else if (!strcmp(key, "parts_in_flight") || !strcmp(key, "uploads") ||
 		   !strcmp(key, "threads") || !strcmp(key, "max_attempts")) {
 		if (parse_int(val, key[0] == 't' ? 0 : 1, 64, &l))
@@ -408,7 +418,8 @@ static int apply_defaults_file_env(struct mgmtfs_config *cfg, char *err, size_t 
 	cfg->dir_settle = 5.0;
 	cfg->compression = ARC_TAR_GZ;
 	cfg->level = 6;
-	cfg->part_size = (size_t)8 << 20;
+	cfg->part_size = (size_t)16 << 20;
+	cfg->buffer_memory = (size_t)192 << 20;
 	cfg->parts_in_flight = 4;
 	cfg->uploads = 4;
 	cfg->passthrough = 1;

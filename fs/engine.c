@@ -13,7 +13,8 @@
  *                                          └> unit WAITING, due = now + settle
  *   scheduler ──> due, no writer, not held ──> READY queue
  *   upload worker (4 x cfg->uploads threads, one S3 client each; a file
- *       needing multipart takes one of cfg->uploads slots first)
+ *       needing multipart takes a slot first: as many as buffer_memory
+ *       holds, engine_multipart_slots)
  *       archive stream (tar/gzip on all cores) ──> part buffers, each
  *           part's MD5 and sha256 made as it is read (arc_stream_ride;
  *           for tar and none in the same pass as the content's sha256)
@@ -26,8 +27,9 @@
  *
  * A change to a unit while it uploads raises its cancel flag: the transfer
  * is cut, the multipart upload aborted, and the unit runs again once it
- * settles.  Memory is bounded by uploads x (parts_in_flight + 1) x
- * part_size plus the compressors' blocks, whatever the file sizes.
+ * settles.  Memory is bounded by buffer_memory (the part buffers of the
+ * multipart uploads running at once, each (parts_in_flight + 1) x
+ * part_size) plus the compressors' blocks, whatever the file sizes.
  *
  * Locks: e->lock guards the unit table, the ready queue and the part
  * queue.  fs->rec_lock serialises read-modify-write of records; it is
@@ -495,8 +497,8 @@ static void object_key(struct engine *e, const char *name, unsigned i, enum arc_
 /*
  * Part buffers are reused: a fresh 8 MiB buffer costs 2,048 page faults
  * and as many zeroed pages, which showed as 40% of the daemon's CPU on an
- * uncompressed upload.  At most uploads x (parts_in_flight + 1) are kept,
- * the bound memory has anyway; other sizes (a part grown for a huge file)
+ * uncompressed upload.  At most (parts_in_flight + 1) per multipart slot
+ * are kept, the bound memory has anyway; other sizes (a part grown for a huge file)
  * are freed after use.
  */
 /*
@@ -1109,7 +1111,7 @@ out:
 /*
  * Small files are bound by request latency, so many run at once (4 workers
  * per upload slot); files that need a multipart upload hold one of the
- * cfg->uploads slots, which is what bounds memory.
+ * engine_multipart_slots() slots, which is what bounds memory.
  */
 static void big_slot(struct engine *e, int take)
 {
@@ -1784,6 +1786,22 @@ static void *sched_main(void *arg)
 
 /* ---- lifecycle ------------------------------------------------------------ */
 
+/*
+ * Multipart uploads at once: as many as buffer_memory holds, each with its
+ * parts_in_flight + 1 part buffers; one at least, uploads at most.  Bytes
+ * on the wire, not connections, are what keep the server busy: two uploads
+ * of 4 x 16 MiB parts have what four of 4 x 8 MiB had, in the same memory.
+ */
+int engine_multipart_slots(const struct mgmtfs_config *cfg)
+{
+	size_t one = (size_t)(cfg->parts_in_flight + 1) * cfg->part_size;
+	size_t n = one ? cfg->buffer_memory / one : 1;
+
+	if (n < 1)
+		n = 1;
+	return n < (size_t)cfg->uploads ? (int)n : cfg->uploads;
+}
+
 int engine_new(struct fs *fs, struct engine **out)
 {
 	struct engine *e = calloc(1, sizeof(*e));
@@ -1799,10 +1817,10 @@ int engine_new(struct fs *fs, struct engine **out)
 	pthread_cond_init(&e->work_cond, NULL);
 	pthread_cond_init(&e->part_cond, NULL);
 	pthread_cond_init(&e->big_cond, NULL);
-	e->big_free = cfg->uploads;
+	e->big_free = engine_multipart_slots(cfg);
 	pthread_mutex_init(&e->pool_lock, NULL);
 	e->pool_size = cfg->part_size;
-	e->pool_max = cfg->uploads * (cfg->parts_in_flight + 1);
+	e->pool_max = e->big_free * (cfg->parts_in_flight + 1);
 	e->pool = calloc((size_t)e->pool_max, sizeof(*e->pool));
 	if (!e->pool) {
 		free(e);
@@ -1825,7 +1843,7 @@ int engine_start(struct engine *e)
 		poll_hold(e);
 	recover(e);
 	e->nworkers = e->cfg->uploads * 4 > 32 ? 32 : e->cfg->uploads * 4;
-	e->nsenders = e->cfg->uploads * e->cfg->parts_in_flight;
+	e->nsenders = engine_multipart_slots(e->cfg) * e->cfg->parts_in_flight;
 	e->workers = calloc((size_t)e->nworkers, sizeof(*e->workers));
 	e->senders = calloc((size_t)e->nsenders, sizeof(*e->senders));
 	if (!e->workers || !e->senders)

@@ -86,6 +86,8 @@ void fs_pt_next_reply(int id);			/* the open reply this thread sends next */
 
 /* engine.c */
 int engine_new(struct fs *fs, struct engine **out);
+/* Multipart uploads that may run at once (buffer_memory, see engine.c). */
+int engine_multipart_slots(const struct mgmtfs_config *cfg);
 int engine_start(struct engine *e);
 void engine_stop(struct engine *e);	/* joins every thread; in-flight work stays queued */
 void engine_free(struct engine *e);

@@ -174,6 +174,8 @@ CASES = {
     "compression-zip": (opt(compression="zip"),
                         "compression='zip' in -o: use tar.gz, gzip, tar, auto or none"),
     "part-size-1K": (opt(part_size="1K"), "part_size='1K' in -o: use a size from 1M to 5G"),
+    "buffer-memory-1K": (opt(buffer_memory="1K"),
+                         "buffer_memory='1K' in -o: use a size of at least 1M, e.g. 192M"),
     "settle-negative": (opt(settle="-1"), "settle='-1' in -o: give seconds, e.g. settle=1.5"),
     "max-attempts-0": (opt(max_attempts="0"),
                        "max_attempts='0' in -o: use a number from 1 to 64"),

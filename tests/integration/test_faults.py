@@ -16,7 +16,7 @@ import pytest
 
 from fault_tools import (MODE, MTIME, MULTI_SIZE, WAIT, assert_uploaded_once, data_of,
                          fault_proxy, proxied, uploads_under, write_file, write_until_error)
-from helpers import get_status, get_xattr, wait_status
+from helpers import check_archive, get_status, get_xattr, wait_status
 
 assert fault_proxy  # a fixture, used by name
 
@@ -213,6 +213,35 @@ def test_server_that_stops_answering_is_named(fault_proxy, mount):
     assert "gave up after 2 attempts" in error
     assert "check that the server is not out of space or overloaded" in error
     assert len(fault_proxy.log().find("PUT", single_put(m, name), "GONE")) == 2
+
+
+@pytest.mark.parametrize("memory,at_once", [("3M", 1), ("6M", 2)])
+def test_buffer_memory_bounds_multipart_uploads_at_once(fault_proxy, mount, tmp_path,
+                                                        memory, at_once):
+    """Three multipart files dropped together with uploads=4: only as many
+    multipart uploads start as buffer_memory holds ((parts_in_flight + 1) x
+    part_size = 3M each); the others wait for a slot, and all arrive whole."""
+    m = mount(proxied(fault_proxy, buffer_memory=memory, uploads=4, stall_seconds=3))
+    # the first part 1 of each upload that fits is held until the daemon cuts it (3 s)
+    fault_proxy.set_rules([{"fault": "stall:600", "match": r"PUT .*\?partNumber=1&",
+                            "first": at_once}])
+    names = [f"big{i}.bin" for i in range(3)]
+    datas = [data_of(MULTI_SIZE, 20 + i) for i in range(3)]
+    for name, data in zip(names, datas):
+        write_file(m.pending(name), data)
+    fault_proxy.wait_for("part 1 held", lambda lg: len(lg.held("PUT", PART.format(1))) >= at_once)
+    time.sleep(1.5)  # time for every file to settle and start, if it could
+    started = len(fault_proxy.log().find("POST", CREATE, 200))
+    assert started == at_once, f"{started} multipart uploads at once, {at_once} fit"
+
+    for name in names:
+        m.wait_completed(name)
+    assert len(fault_proxy.log().find("POST", CREATE, 200)) == 3
+    for name, data in zip(names, datas):
+        key = m.key(name)
+        check_archive(m.client.get_object(m.bucket, key), name, data, MODE, MTIME,
+                      tmp_path / name)
+    assert uploads_under(m) == []
 
 
 def upload_held_at_part_2(fault_proxy, mount, name, seed):
