@@ -46,14 +46,14 @@ static const char usage_text[] =
 	"  dir_settle=SECONDS     quiet time for a directory unit, default 5\n"
 	"  compression=tar.gz|gzip|tar|auto|none   default tar.gz\n"
 	"  level=1..9             compression level, default 6\n"
-	"  part_size=SIZE         multipart part size, default 16M (grown for\n"
+	"  part_size=SIZE         multipart part size, default 32M (grown for\n"
 	"                         huge files so no object needs 10,000 parts)\n"
 	"  parts_in_flight=N      parts uploaded at once per file, default 4\n"
 	"  uploads=N              files uploaded at once, default 4\n"
-	"  buffer_memory=SIZE     part buffers of all multipart uploads together,\n"
-	"                         default 192M: as many run at once as fit\n"
-	"                         ((parts_in_flight + 1) x part_size each), one\n"
-	"                         at least, uploads at most\n"
+	"  buffer_memory=SIZE     part buffers of all uploads together, default\n"
+	"                         192M: (parts_in_flight + 1) x part_size for a\n"
+	"                         multipart upload, its size for one PUT; uploads\n"
+	"                         wait for room (one always runs)\n"
 	"  threads=N              compression threads, default all cores\n"
 	"  endpoint=URL           S3 endpoint (AWS_ENDPOINT_URL)\n"
 	"  region=R               (AWS_REGION) default us-east-1\n"
@@ -418,7 +418,7 @@ static int apply_defaults_file_env(struct mgmtfs_config *cfg, char *err, size_t 
 	cfg->dir_settle = 5.0;
 	cfg->compression = ARC_TAR_GZ;
 	cfg->level = 6;
-	cfg->part_size = (size_t)16 << 20;
+	cfg->part_size = (size_t)32 << 20;
 	cfg->buffer_memory = (size_t)192 << 20;
 	cfg->parts_in_flight = 4;
 	cfg->uploads = 4;

@@ -28,8 +28,9 @@
  * A change to a unit while it uploads raises its cancel flag: the transfer
  * is cut, the multipart upload aborted, and the unit runs again once it
  * settles.  Memory is bounded by buffer_memory (the part buffers of the
- * multipart uploads running at once, each (parts_in_flight + 1) x
- * part_size) plus the compressors' blocks, whatever the file sizes.
+ * uploads running at once: (parts_in_flight + 1) x part_size for a
+ * multipart upload, the one buffer of a single PUT; mem_hold) plus the
+ * compressors' blocks, whatever the file sizes.
  *
  * Locks: e->lock guards the unit table, the ready queue and the part
  * queue.  fs->rec_lock serialises read-modify-write of records; it is
@@ -127,6 +128,7 @@ struct engine {
 	pthread_t *senders;
 	int nworkers, nsenders;
 	int big_free;		/* multipart slots left, protected by lock */
+	size_t mem_held;	/* part-buffer memory taken (mem_hold), protected by lock */
 	pthread_mutex_t pool_lock;	/* taken alone */
 	unsigned char **pool;	/* free part buffers of pool_size bytes, protected by pool_lock */
 	int npool, pool_max;
@@ -1122,7 +1124,27 @@ static void big_slot(struct engine *e, int take)
 		e->big_free--;
 	} else {
 		e->big_free++;
-		pthread_cond_signal(&e->big_cond);
+		pthread_cond_broadcast(&e->big_cond);
+	}
+	pthread_mutex_unlock(&e->lock);
+}
+
+/*
+ * Take (@n > 0) or give back (@n < 0) part-buffer memory: what a unit may
+ * fill, (parts_in_flight + 1) x part_size for a multipart upload, the one
+ * buffer of a single PUT.  It waits while buffer_memory is spoken for,
+ * unless nothing is held (so one unit always runs, whatever its size).
+ */
+static void mem_hold(struct engine *e, ssize_t n)
+{
+	pthread_mutex_lock(&e->lock);
+	if (n > 0) {
+		while (e->mem_held > 0 && e->mem_held + (size_t)n > e->cfg->buffer_memory)
+			pthread_cond_wait(&e->big_cond, &e->lock);
+		e->mem_held += (size_t)n;
+	} else {
+		e->mem_held -= (size_t)-n;
+		pthread_cond_broadcast(&e->big_cond);
 	}
 	pthread_mutex_unlock(&e->lock);
 }
@@ -1138,7 +1160,7 @@ static int upload_unit(struct engine *e, struct s3_client *c, struct unit *u,
 	unsigned char *buf = NULL, md5[16], carry = 0;
 	char path[PATH_MAX], sha[65], psha[65], size_s[32], time_s[32], eb[128];
 	ssize_t more = 0;
-	size_t nmeta = 0, part_size = 0;
+	size_t nmeta = 0, part_size = 0, cap = 0, held = 0;
 	uint64_t total;
 	struct stat st;
 	ssize_t n;
@@ -1189,11 +1211,20 @@ static int upload_unit(struct engine *e, struct s3_client *c, struct unit *u,
 	atomic_store(&u->total, total);
 	part_size = part_size_for(e->cfg, total);
 	big = total >= part_size;
+	cap = part_size;
 	if (big) {
 		big_slot(e, 1);
+		held = (size_t)(e->cfg->parts_in_flight + 1) * part_size;
+		mem_hold(e, held);
 		buf_warm(e);
+	} else {
+		/* one PUT: a buffer its size where that is known (a file), not a part's */
+		if (S_ISREG(st.st_mode) && total + total / 64 + (1u << 20) < part_size / 2)
+			cap = (size_t)(total + total / 64 + (1u << 20));
+		held = cap;
+		mem_hold(e, held);
 	}
-	buf = buf_get(e, part_size);
+	buf = cap == part_size ? buf_get(e, part_size) : malloc(cap);
 	if (!buf) {
 		rc = -ENOMEM;
 		goto out;
@@ -1201,11 +1232,13 @@ static int upload_unit(struct engine *e, struct s3_client *c, struct unit *u,
 	/* the part's MD5 and sha256 are made as the stream is read, in one pass */
 	part_hash_init(&ph);
 	arc_stream_ride(as, &ph.md5, &ph.sha);
-	n = fill(as, buf, part_size);
+	n = fill(as, buf, cap);
 	part_hash_take(&ph, md5, psha);
 	/* a byte more tells one part from more: it starts the next part's digests */
-	if (n == (ssize_t)part_size)
+	if (n == (ssize_t)cap)
 		more = fill(as, &carry, 1);
+	if (more > 0 && cap < part_size)
+		n = -ENODATA;	/* a file longer than it was: changed during the upload */
 	if (n < 0 || more < 0) {
 		rc = n < 0 ? (int)n : (int)more;
 		goto read_error;
@@ -1252,8 +1285,12 @@ read_error:
 		snprintf(r->error, sizeof(r->error), "cannot read 'pending/%s': %s", name,
 			 mgmtfs_strerror(rc, eb, sizeof(eb)));
 out:
-	buf_put(e, buf, part_size);
+	if (cap == part_size)
+		buf_put(e, buf, part_size);
+	else
+		free(buf);
 	arc_stream_free(as);
+	mem_hold(e, -(ssize_t)held);
 	if (big)
 		big_slot(e, 0);
 	if (fd >= 0)
