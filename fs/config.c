@@ -46,7 +46,7 @@ static const char usage_text[] =
 	"  dir_settle=SECONDS     quiet time for a directory unit, default 5\n"
 	"  compression=tar.gz|gzip|tar|auto|none   default tar.gz\n"
 	"  level=1..9             compression level, default 6\n"
-	"  part_size=SIZE         multipart part size, default 32M (grown for\n"
+	"  part_size=SIZE         multipart part size, default 16M (grown for\n"
 	"                         huge files so no object needs 10,000 parts)\n"
 	"  parts_in_flight=N      parts uploaded at once per file, default 4\n"
 	"  uploads=N              files uploaded at once, default 4\n"
@@ -418,7 +418,7 @@ static int apply_defaults_file_env(struct mgmtfs_config *cfg, char *err, size_t 
 	cfg->dir_settle = 5.0;
 	cfg->compression = ARC_TAR_GZ;
 	cfg->level = 6;
-	cfg->part_size = (size_t)32 << 20;
+	cfg->part_size = (size_t)16 << 20;
 	cfg->buffer_memory = (size_t)192 << 20;
 	cfg->parts_in_flight = 4;
 	cfg->uploads = 4;

@@ -126,7 +126,7 @@ def test_local_read_error_fails_the_unit(eio_fs, fault_proxy, mount, tmp_path, p
     reads again, `mgmtfs retry` uploads the file, once, whole."""
     local = eio_fs.dir / "local"
     opts = proxied(fault_proxy, local_dir=local)
-    opts["part_size"] = part_size  # None: the default (32M), one PUT
+    opts["part_size"] = part_size  # None: the default (16M), one PUT
     opts["hold"] = True
     m = mount(opts)
     m.local = local  # for `mgmtfs resume --local-dir`
