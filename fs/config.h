@@ -22,7 +22,7 @@ struct mgmtfs_config {
 	enum arc_format compression;
 	int level;
 	size_t part_size;
-	size_t buffer_memory;	/* part buffers of all multipart uploads together */
+	size_t buffer_memory;	/* part buffers of all uploads together */
 	int parts_in_flight;
 	int uploads;
 	int threads;		/* compression threads, 0 = all cores */

@@ -497,13 +497,6 @@ static void object_key(struct engine *e, const char *name, unsigned i, enum arc_
 /* ---- part buffers --------------------------------------------------------- */
 
 /*
- * Part buffers are reused: a fresh 8 MiB buffer costs 2,048 page faults
- * and as many zeroed pages, which showed as 40% of the daemon's CPU on an
- * uncompressed upload.  At most (parts_in_flight + 1) per multipart slot
- * are kept, the bound memory has anyway; other sizes (a part grown for a huge file)
- * are freed after use.
- */
-/*
  * A part buffer in 2 MiB pages where the kernel has them to give: 4 page
  * faults per 8 MiB instead of 2,048.  On this project's VMs a fault costs
  * tens of microseconds (the host is asked for the page), so the first
@@ -519,11 +512,18 @@ static unsigned char *buf_new(size_t size)
 	return b;
 }
 
+/*
+ * Part buffers are reused: a fresh 8 MiB buffer costs 2,048 page faults
+ * and as many zeroed pages, which showed as 40% of the daemon's CPU on an
+ * uncompressed upload.  At most (parts_in_flight + 1) per multipart slot
+ * are kept, the bound memory has anyway; other sizes (a part grown for a
+ * huge file, the buffer of a small file's one PUT) are freed after use.
+ */
 static unsigned char *buf_get(struct engine *e, size_t size)
 {
 	unsigned char *b = NULL;
 
-	if (size <= e->pool_size) {
+	if (size == e->pool_size) {
 		pthread_mutex_lock(&e->pool_lock);
 		if (e->npool)
 			b = e->pool[--e->npool];
@@ -535,7 +535,7 @@ static unsigned char *buf_get(struct engine *e, size_t size)
 
 static void buf_put(struct engine *e, unsigned char *b, size_t size)
 {
-	if (b && size <= e->pool_size) {
+	if (b && size == e->pool_size) {
 		pthread_mutex_lock(&e->pool_lock);
 		if (e->npool < e->pool_max) {
 			e->pool[e->npool++] = b;
@@ -1111,39 +1111,26 @@ out:
 }
 
 /*
- * Small files are bound by request latency, so many run at once (4 workers
- * per upload slot); files that need a multipart upload hold one of the
- * engine_multipart_slots() slots, which is what bounds memory.
- */
-static void big_slot(struct engine *e, int take)
-{
-	pthread_mutex_lock(&e->lock);
-	if (take) {
-		while (e->big_free == 0)
-			pthread_cond_wait(&e->big_cond, &e->lock);
-		e->big_free--;
-	} else {
-		e->big_free++;
-		pthread_cond_broadcast(&e->big_cond);
-	}
-	pthread_mutex_unlock(&e->lock);
-}
-
-/*
  * Take (@n > 0) or give back (@n < 0) part-buffer memory: what a unit may
- * fill, (parts_in_flight + 1) x part_size for a multipart upload, the one
+ * fill, (parts_in_flight + 1) x part_size for a multipart upload (@big,
+ * which also takes one of the engine_multipart_slots() slots), the one
  * buffer of a single PUT.  It waits while buffer_memory is spoken for,
  * unless nothing is held (so one unit always runs, whatever its size).
+ * Small files are bound by request latency and hold little: many run at
+ * once (4 workers per upload slot).
  */
-static void mem_hold(struct engine *e, ssize_t n)
+static void mem_hold(struct engine *e, ssize_t n, int big)
 {
 	pthread_mutex_lock(&e->lock);
 	if (n > 0) {
-		while (e->mem_held > 0 && e->mem_held + (size_t)n > e->cfg->buffer_memory)
+		while ((big && e->big_free == 0) ||
+		       (e->mem_held > 0 && e->mem_held + (size_t)n > e->cfg->buffer_memory))
 			pthread_cond_wait(&e->big_cond, &e->lock);
 		e->mem_held += (size_t)n;
+		e->big_free -= big;
 	} else {
 		e->mem_held -= (size_t)-n;
+		e->big_free += big;
 		pthread_cond_broadcast(&e->big_cond);
 	}
 	pthread_mutex_unlock(&e->lock);
@@ -1212,19 +1199,17 @@ static int upload_unit(struct engine *e, struct s3_client *c, struct unit *u,
 	part_size = part_size_for(e->cfg, total);
 	big = total >= part_size;
 	cap = part_size;
-	if (big) {
-		big_slot(e, 1);
-		held = (size_t)(e->cfg->parts_in_flight + 1) * part_size;
-		mem_hold(e, held);
-		buf_warm(e);
-	} else {
+	held = (size_t)(e->cfg->parts_in_flight + 1) * part_size;
+	if (!big) {
 		/* one PUT: a buffer its size where that is known (a file), not a part's */
 		if (S_ISREG(st.st_mode) && total + total / 64 + (1u << 20) < part_size / 2)
 			cap = (size_t)(total + total / 64 + (1u << 20));
 		held = cap;
-		mem_hold(e, held);
 	}
-	buf = cap == part_size ? buf_get(e, part_size) : malloc(cap);
+	mem_hold(e, (ssize_t)held, big);
+	if (big)
+		buf_warm(e);
+	buf = buf_get(e, cap);
 	if (!buf) {
 		rc = -ENOMEM;
 		goto out;
@@ -1285,14 +1270,10 @@ read_error:
 		snprintf(r->error, sizeof(r->error), "cannot read 'pending/%s': %s", name,
 			 mgmtfs_strerror(rc, eb, sizeof(eb)));
 out:
-	if (cap == part_size)
-		buf_put(e, buf, part_size);
-	else
-		free(buf);
+	buf_put(e, buf, cap);
 	arc_stream_free(as);
-	mem_hold(e, -(ssize_t)held);
-	if (big)
-		big_slot(e, 0);
+	if (held)
+		mem_hold(e, -(ssize_t)held, big);
 	if (fd >= 0)
 		close(fd);
 	return rc;
