@@ -88,14 +88,14 @@ uint64_t arc_stream_size(const struct arc_stream *s);
 uint64_t arc_stream_bytes_in(const struct arc_stream *s);
 uint64_t arc_stream_bytes_out(const struct arc_stream *s);
 /*
- * Feed every byte arc_stream_read() hands out from now on to @md5 and @sha
- * too (either may be NULL; both NULL stops): the uploader's per-part hashes.
- * For tar and none these ride on the pass that hashes the content, so the
- * bytes are hashed three ways while they are in cache.
+ * Feed every byte arc_stream_read() hands out from now on to @sha and to the
+ * MD5 lanes @lanes too (either may be NULL; both NULL stops): the uploader's
+ * per-part hashes.  For tar and none these ride on the pass that hashes the
+ * content, so the bytes are hashed three ways while they are in cache.
  */
-struct digest_md5;
+struct digest_lanes;
 struct digest_sha256;
-void arc_stream_ride(struct arc_stream *s, struct digest_md5 *md5, struct digest_sha256 *sha);
+void arc_stream_ride(struct arc_stream *s, struct digest_lanes *lanes, struct digest_sha256 *sha);
 /* After the end: hex sha256 of the original content (65 bytes with NUL). */
 int arc_stream_sha256(const struct arc_stream *s, char *hex_out);
 

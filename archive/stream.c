@@ -55,7 +55,7 @@ struct arc_stream {
 	uint64_t raw_total;	/* header + data + padding + end blocks */
 	uint64_t raw_pos;
 	struct digest_sha256 sha;	/* of the content (a directory: of the tar) */
-	struct digest_md5 *ride_md5;	/* borrowed: fed every byte read out, or NULL */
+	struct digest_lanes *ride_lanes;	/* borrowed: fed every byte read out, or NULL */
 	struct digest_sha256 *ride_sha;
 	char sha_hex[65];
 	int sha_done;
@@ -117,10 +117,10 @@ static void sha_finish(struct arc_stream *s)
  */
 static void raw_hash(struct arc_stream *s, const unsigned char *p, size_t len, int content)
 {
-	struct digest_md5 *m = s->pgz ? NULL : s->ride_md5;
+	struct digest_lanes *l = s->pgz ? NULL : s->ride_lanes;
 	struct digest_sha256 *r = s->pgz ? NULL : s->ride_sha;
 
-	digest_update(m, content ? &s->sha : NULL, r, p, len);
+	digest_update_lanes(l, content ? &s->sha : NULL, r, p, len);
 }
 
 /* ---- directory units ---------------------------------------------------- */
@@ -500,7 +500,7 @@ ssize_t arc_stream_read(struct arc_stream *s, void *buf, size_t len)
 	if (s->pgz) {
 		r = pgz_read(s->pgz, buf, len);
 		if (r > 0)
-			digest_update(s->ride_md5, NULL, s->ride_sha, buf, (size_t)r);
+			digest_update_lanes(s->ride_lanes, NULL, s->ride_sha, buf, (size_t)r);
 	} else if (!len)
 		r = 0;
 	else
@@ -538,9 +538,9 @@ int arc_stream_workers(const struct arc_stream *s)
 	return pgz_workers(s->pgz);
 }
 
-void arc_stream_ride(struct arc_stream *s, struct digest_md5 *md5, struct digest_sha256 *sha)
+void arc_stream_ride(struct arc_stream *s, struct digest_lanes *lanes, struct digest_sha256 *sha)
 {
-	s->ride_md5 = md5;
+	s->ride_lanes = lanes;
 	s->ride_sha = sha;
 }
 

@@ -318,6 +318,116 @@ DG_TARGET DG_INLINE void fused(uint32_t *m, uint32_t *a, uint32_t *b, const unsi
 		sha_store(b, b0, b1);
 }
 
+/*
+ * @n rounds of: two blocks of @p into the sha256 state @a (and @b when
+ * @two), and one block of @p1 into the MD5 state @m1 (and one of @p2 into
+ * @m2 when @lanes is 2).  Two MD5 messages side by side run nearly twice as
+ * fast as one: each is a serial chain, and the integer units have room for
+ * two.  The MD5 steps of the lanes alternate with the SHA rounds.
+ */
+DG_TARGET DG_INLINE void fused_lanes(uint32_t *m1, const unsigned char *p1, uint32_t *m2,
+				     const unsigned char *p2, uint32_t *a, uint32_t *b,
+				     const unsigned char *p, size_t n, const int lanes,
+				     const int two)
+{
+	const __m128i swap = _mm_set_epi64x(0x0c0d0e0f08090a0bLL, 0x0405060700010203LL);
+	__m128i a0, a1, b0 = _mm_setzero_si128(), b1 = _mm_setzero_si128();
+
+	sha_load(a, &a0, &a1);
+	if (two)
+		sha_load(b, &b0, &b1);
+	for (; n; n--, p += 128, p1 += 64, p2 += 64) {
+		__m128i w[16], sa0 = a0, sa1 = a1, sb0 = b0, sb1 = b1;
+		uint32_t x[16], y[16], ma = m1[0], mb = m1[1], mc = m1[2], md = m1[3];
+		uint32_t na = 0, nb = 0, nc = 0, nd = 0;
+
+		md5_words(x, p1);
+		if (lanes == 2) {
+			md5_words(y, p2);
+			na = m2[0];
+			nb = m2[1];
+			nc = m2[2];
+			nd = m2[3];
+		}
+#pragma GCC unroll 32
+		for (int i = 0; i < 32; i++) {
+			const unsigned char *blk = p + 64 * (i >> 4);
+			int q = i & 15;
+			__m128i wk;
+
+			if (i == 16) {	/* the second block */
+				a0 = sa0 = _mm_add_epi32(a0, sa0);
+				a1 = sa1 = _mm_add_epi32(a1, sa1);
+				if (two) {
+					b0 = sb0 = _mm_add_epi32(b0, sb0);
+					b1 = sb1 = _mm_add_epi32(b1, sb1);
+				}
+			}
+			if (q < 4)
+				w[q] = _mm_shuffle_epi8(
+					_mm_loadu_si128((const __m128i *)(blk + 16 * q)), swap);
+			else
+				w[q] = _mm_sha256msg2_epu32(
+					_mm_add_epi32(_mm_sha256msg1_epu32(w[q - 4], w[q - 3]),
+						      _mm_alignr_epi8(w[q - 1], w[q - 2], 4)),
+					w[q - 1]);
+			wk = _mm_add_epi32(w[q], _mm_loadu_si128((const __m128i *)(sha_k + 4 * q)));
+			sha_quad(&a0, &a1, wk);
+			if (two)
+				sha_quad(&b0, &b1, wk);
+			if (!(i & 1))
+				md5_quad(&ma, &mb, &mc, &md, x, i >> 1);
+			else if (lanes == 2)
+				md5_quad(&na, &nb, &nc, &nd, y, i >> 1);
+		}
+		a0 = _mm_add_epi32(a0, sa0);
+		a1 = _mm_add_epi32(a1, sa1);
+		if (two) {
+			b0 = _mm_add_epi32(b0, sb0);
+			b1 = _mm_add_epi32(b1, sb1);
+		}
+		m1[0] += ma;
+		m1[1] += mb;
+		m1[2] += mc;
+		m1[3] += md;
+		if (lanes == 2) {
+			m2[0] += na;
+			m2[1] += nb;
+			m2[2] += nc;
+			m2[3] += nd;
+		}
+	}
+	sha_store(a, a0, a1);
+	if (two)
+		sha_store(b, b0, b1);
+}
+
+DG_TARGET static void lanes_1s(uint32_t *m1, const unsigned char *p1, uint32_t *a,
+			       const unsigned char *p, size_t n)
+{
+	fused_lanes(m1, p1, NULL, NULL, a, NULL, p, n, 1, 0);
+}
+
+DG_TARGET static void lanes_1ss(uint32_t *m1, const unsigned char *p1, uint32_t *a, uint32_t *b,
+				const unsigned char *p, size_t n)
+{
+	fused_lanes(m1, p1, NULL, NULL, a, b, p, n, 1, 1);
+}
+
+DG_TARGET static void lanes_2s(uint32_t *m1, const unsigned char *p1, uint32_t *m2,
+			       const unsigned char *p2, uint32_t *a, const unsigned char *p,
+			       size_t n)
+{
+	fused_lanes(m1, p1, m2, p2, a, NULL, p, n, 2, 0);
+}
+
+DG_TARGET static void lanes_2ss(uint32_t *m1, const unsigned char *p1, uint32_t *m2,
+				const unsigned char *p2, uint32_t *a, uint32_t *b,
+				const unsigned char *p, size_t n)
+{
+	fused_lanes(m1, p1, m2, p2, a, b, p, n, 2, 1);
+}
+
 DG_TARGET static void fused_s(uint32_t *a, const unsigned char *p, size_t n)
 {
 	fused(NULL, a, NULL, p, n, 0, 0);
@@ -453,10 +563,93 @@ static void feed_each(struct digest_md5 *m, struct digest_sha256 *a, struct dige
 		feed_one(NULL, b, p, len);
 }
 
-void digest_update(struct digest_md5 *m, struct digest_sha256 *a, struct digest_sha256 *b,
-		   const void *data, size_t len)
+/* ---- two MD5 lanes ------------------------------------------------------ */
+
+/* Whole blocks lane @i can hash now: of the bytes its part has, those not yet hashed. */
+static size_t lane_ready(const struct digest_lanes *l, int i)
 {
-	const unsigned char *p = data;
+	return l->base[i] ? (l->len[i] - (size_t)l->md5[i].n) / 64 : 0;
+}
+
+/* The next unhashed byte of lane @i (its MD5 stays at a whole block while in the lanes). */
+static const unsigned char *lane_at(const struct digest_lanes *l, int i)
+{
+	return l->base[i] + l->md5[i].n;
+}
+
+/*
+ * @n rounds of two blocks of @p into @a (and @b), and one block into each
+ * lane given (@m2 may be NULL).  @a is never NULL.
+ */
+static void lane_rounds(struct digest_md5 *m1, const unsigned char *p1, struct digest_md5 *m2,
+			const unsigned char *p2, struct digest_sha256 *a, struct digest_sha256 *b,
+			const unsigned char *p, size_t n)
+{
+	if (!n)
+		return;
+#if DG_X86
+	if (digest_accelerated()) {
+		if (m2 && b)
+			lanes_2ss(m1->h, p1, m2->h, p2, a->h, b->h, p, n);
+		else if (m2)
+			lanes_2s(m1->h, p1, m2->h, p2, a->h, p, n);
+		else if (b)
+			lanes_1ss(m1->h, p1, a->h, b->h, p, n);
+		else
+			lanes_1s(m1->h, p1, a->h, p, n);
+	} else
+#endif
+	{
+		md5_blocks(m1->h, p1, n);
+		if (m2)
+			md5_blocks(m2->h, p2, n);
+		blocks(NULL, a, b, p, 2 * n);
+	}
+	m1->n += 64 * n;
+	if (m2)
+		m2->n += 64 * n;
+}
+
+/*
+ * @n whole blocks at @p into @a and @b (either may be NULL), and the lanes
+ * of @l moved on by up to @n / 2 blocks each: as many as they can, both
+ * together where both can.
+ */
+static void lane_blocks(struct digest_lanes *l, struct digest_sha256 *a, struct digest_sha256 *b,
+			const unsigned char *p, size_t n)
+{
+	int c = l->cur, o = !c;
+	size_t kc = lane_ready(l, c), ko = lane_ready(l, o), both;
+
+	if (!a) {
+		a = b;
+		b = NULL;
+	}
+	if (!a) {
+		return;	/* nothing to ride on: the lanes catch up when taken */
+	}
+	kc = kc < n / 2 ? kc : n / 2;
+	ko = ko < n / 2 ? ko : n / 2;
+	both = kc < ko ? kc : ko;
+	lane_rounds(&l->md5[c], lane_at(l, c), &l->md5[o], lane_at(l, o), a, b, p, both);
+	p += 128 * both;
+	n -= 2 * both;
+	kc -= both;
+	ko -= both;
+	if (kc || ko) {
+		int i = kc ? c : o;
+
+		lane_rounds(&l->md5[i], lane_at(l, i), NULL, NULL, a, b, p, kc + ko);
+		p += 128 * (kc + ko);
+		n -= 2 * (kc + ko);
+	}
+	blocks(NULL, a, b, p, n);
+}
+
+/* Feed @p[0..len) to @m, @a and @b, or to @a and @b riding @l (then @m is NULL). */
+static void update(struct digest_md5 *m, struct digest_lanes *l, struct digest_sha256 *a,
+		   struct digest_sha256 *b, const unsigned char *p, size_t len)
+{
 	uint64_t at = m ? m->n : a ? a->n : b ? b->n : 0;
 	size_t head, whole;
 
@@ -473,7 +666,10 @@ void digest_update(struct digest_md5 *m, struct digest_sha256 *a, struct digest_
 	p += head;
 	len -= head;
 	whole = len / 64;
-	blocks(m, a, b, p, whole);
+	if (l)
+		lane_blocks(l, a, b, p, whole);
+	else
+		blocks(m, a, b, p, whole);
 	p += whole * 64;
 	len -= whole * 64;
 	if (m) {
@@ -488,6 +684,61 @@ void digest_update(struct digest_md5 *m, struct digest_sha256 *a, struct digest_
 		b->n += whole * 64 + len;
 		memcpy(b->buf, p, len);
 	}
+}
+
+void digest_update(struct digest_md5 *m, struct digest_sha256 *a, struct digest_sha256 *b,
+		   const void *data, size_t len)
+{
+	update(m, NULL, a, b, data, len);
+}
+
+void digest_lanes_init(struct digest_lanes *l)
+{
+	memset(l, 0, sizeof(*l));
+}
+
+void digest_lanes_start(struct digest_lanes *l, const void *buf, size_t cap, size_t prev_len)
+{
+	if (l->base[l->cur]) {
+		l->len[l->cur] = prev_len;
+		l->cur = !l->cur;
+	}
+	digest_md5_init(&l->md5[l->cur]);
+	l->base[l->cur] = buf;
+	l->len[l->cur] = 0;
+	l->cap = cap;
+}
+
+void digest_update_lanes(struct digest_lanes *l, struct digest_sha256 *a, struct digest_sha256 *b,
+			 const void *data, size_t len)
+{
+	const unsigned char *p = data, *base = l ? l->base[l->cur] : NULL;
+
+	/* bytes written into the current part's buffer are there for its lane */
+	if (base && p >= base && len <= l->cap && (size_t)(p - base) <= l->cap - len &&
+	    (size_t)(p - base) + len > l->len[l->cur])
+		l->len[l->cur] = (size_t)(p - base) + len;
+	update(NULL, l, a, b, p, len);
+}
+
+/* The rest of lane @i's bytes, then its digest; the lane is free again. */
+static void lane_take(struct digest_lanes *l, int i, size_t len, unsigned char out[16])
+{
+	struct digest_md5 *m = &l->md5[i];
+
+	digest_update(m, NULL, NULL, l->base[i] + m->n, len - (size_t)m->n);
+	digest_md5_final(m, out);
+	l->base[i] = NULL;
+}
+
+void digest_lanes_take_prev(struct digest_lanes *l, unsigned char out[16])
+{
+	lane_take(l, !l->cur, l->len[!l->cur], out);
+}
+
+void digest_lanes_take_cur(struct digest_lanes *l, size_t len, unsigned char out[16])
+{
+	lane_take(l, l->cur, len, out);
 }
 
 /* The padding: 0x80, zeros, the bit length (little-endian for MD5). */

@@ -41,6 +41,38 @@ void digest_sha256_init(struct digest_sha256 *s);
 void digest_update(struct digest_md5 *m, struct digest_sha256 *a, struct digest_sha256 *b,
 		   const void *p, size_t len);
 
+/*
+ * Two parts' MD5 side by side.  MD5 is one serial chain per message and
+ * leaves the integer units half idle; two messages hashed together run
+ * nearly twice as fast.  The lanes are the part being read and the part read
+ * just before it.  digest_update_lanes() feeds the new bytes to the sha256
+ * states and moves each lane on by up to half as many bytes, reading them
+ * back from the parts' buffers: a part's MD5 is about half made when it has
+ * been read, and whole when the next one has.  The buffers must stay put
+ * until their MD5 is taken.
+ */
+struct digest_lanes {
+	struct digest_md5 md5[2];	/* [cur]: the part being read; [!cur]: the one before */
+	const unsigned char *base[2];	/* their buffers; NULL: no part (taken) */
+	size_t len[2];		/* bytes there: written so far ([cur]), all ([!cur]) */
+	size_t cap;		/* the room in base[cur] */
+	int cur;
+};
+
+void digest_lanes_init(struct digest_lanes *l);
+/*
+ * A part starts in @buf (@cap bytes of room).  The part that was current,
+ * if any, becomes the previous one, @prev_len bytes long; the previous one
+ * before it must have been taken (digest_lanes_take_prev) by then.
+ */
+void digest_lanes_start(struct digest_lanes *l, const void *buf, size_t cap, size_t prev_len);
+/* Feed @p[0..len) to @a and @b (either may be NULL), riding @l (may be NULL too). */
+void digest_update_lanes(struct digest_lanes *l, struct digest_sha256 *a, struct digest_sha256 *b,
+			 const void *p, size_t len);
+/* The MD5 of the previous part / of the current one's first @len bytes, made whole. */
+void digest_lanes_take_prev(struct digest_lanes *l, unsigned char out[16]);
+void digest_lanes_take_cur(struct digest_lanes *l, size_t len, unsigned char out[16]);
+
 /* The digest of what was fed; the state is left finished (init it again to reuse). */
 void digest_md5_final(struct digest_md5 *m, unsigned char out[16]);
 void digest_sha256_final(struct digest_sha256 *s, unsigned char out[32]);

@@ -16,8 +16,10 @@
  *       needing multipart takes a slot first: as many as buffer_memory
  *       holds, engine_multipart_slots)
  *       archive stream (tar/gzip on all cores) ──> part buffers, each
- *           part's MD5 and sha256 made as it is read (arc_stream_ride;
- *           for tar and none in the same pass as the content's sha256)
+ *           part's sha256 made as it is read, its MD5 half then and half
+ *           while the next part is read, in a second lane (arc_stream_ride,
+ *           digest_lanes; for tar and none in the same pass as the
+ *           content's sha256); a part is sent once the next one is read
  *       one part  ──> PUT with If-None-Match: *  (taken -> NAME_1...)
  *       more      ──> multipart: parts handed to the part senders
  *                     (uploads x parts_in_flight threads, one S3 client
@@ -698,24 +700,17 @@ static ssize_t fill(struct arc_stream *as, unsigned char *buf, size_t len)
 	return (ssize_t)got;
 }
 
-/* The digests of the part being read: the stream feeds them (arc_stream_ride). */
+/* The digests of the parts being read: the stream feeds them (arc_stream_ride). */
 struct part_hash {
-	struct digest_md5 md5;
-	struct digest_sha256 sha;
+	struct digest_lanes lanes;	/* the MD5s of this part and of the one before */
+	struct digest_sha256 sha;	/* this part's */
 };
 
-static void part_hash_init(struct part_hash *h)
+/* The part just read: its sha256 (hex) into @sha; the next part's starts. */
+static void part_sha_take(struct part_hash *h, char sha[65])
 {
-	digest_md5_init(&h->md5);
-	digest_sha256_init(&h->sha);
-}
-
-/* The finished part's MD5 and sha256 (hex) into @md5 / @sha; @h starts the next part. */
-static void part_hash_take(struct part_hash *h, unsigned char md5[16], char sha[65])
-{
-	digest_md5_final(&h->md5, md5);
 	digest_sha256_hex(&h->sha, sha);
-	part_hash_init(h);
+	digest_sha256_init(&h->sha);
 }
 
 static int same_file(const struct stat *a, const struct stat *b)
@@ -860,22 +855,21 @@ static void tag_checksum(struct s3_client *c, struct arc_stream *as, const char 
 }
 
 /*
- * A multipart upload.  @first (@first_len bytes, hashed @md5 / @sha) is
- * part 1; @carry is the byte read after it, already in @ph, the digests the
- * stream feeds as it is read: each part's are taken from it when it is full.
+ * A multipart upload.  @first (@first_len bytes, sha256 @sha1) is part 1,
+ * its MD5 still in @ph's current lane; @carry is the byte read after it,
+ * already in @ph, the digests the stream feeds as it is read.
  */
 static int upload_multi(struct engine *e, struct s3_client *c, struct unit *u,
 			const struct store_record *rec, const char *name, struct arc_stream *as,
-			unsigned char *first, size_t first_len, const unsigned char md5[16],
-			const char *sha1, int carry, struct part_hash *ph, size_t part_size, int fd,
-			const struct stat *st, struct s3_meta *meta, size_t nmeta,
-			struct result *r)
+			unsigned char *first, size_t first_len, const char *sha1, int carry,
+			struct part_hash *ph, size_t part_size, int fd, const struct stat *st,
+			struct s3_meta *meta, size_t nmeta, struct result *r)
 {
 	struct job j = { 0 };
 	struct s3_object_info info;
-	unsigned char *buf = first, cur_md5[16];
-	char cur_sha[65];
-	size_t len = first_len, cap = 0;
+	unsigned char *buf = first, *next = NULL, cur_md5[16];
+	char cur_sha[65], next_sha[65];
+	size_t len = first_len, next_len, cap = 0;
 	uint32_t partno = 0;
 	char want[S3_ETAG_MAX], sha[65];
 	uint64_t total = 0;
@@ -935,14 +929,44 @@ static int upload_multi(struct engine *e, struct s3_client *c, struct unit *u,
 	j.key = r->key;
 	j.upload_id = r->upload_id;
 	r->resumable = 1;
-	memcpy(cur_md5, md5, sizeof(cur_md5));
 	memcpy(cur_sha, sha1, sizeof(cur_sha));
 
+	/*
+	 * Part k is sent once part k+1 has been read: its MD5 is finished in
+	 * the second lane while k+1 is read (digest_lanes).  So at most
+	 * parts_in_flight - 1 parts are sent while one waits and one is read.
+	 */
 	for (;;) {
 		struct part_task *t;
+		size_t head = carry >= 0;	/* the byte read past part 1 starts part 2 */
+		ssize_t n;
 
-		if (len == 0 && partno > 0)
+		pthread_mutex_lock(&j.lock);
+		while (j.inflight >= e->cfg->parts_in_flight && !j.rc)
+			pthread_cond_wait(&j.cond, &j.lock);
+		rc = j.rc;
+		atomic_store(&u->done, arc_stream_bytes_in(as));
+		pthread_mutex_unlock(&j.lock);
+		if (rc)
 			break;
+		next = buf_get(e, part_size);
+		if (!next) {
+			rc = -ENOMEM;
+			break;
+		}
+		if (head)
+			next[0] = (unsigned char)carry;
+		carry = -1;
+		digest_lanes_start(&ph->lanes, next, part_size, len);
+		n = fill(as, next + head, part_size - head);
+		if (n < 0) {
+			rc = (int)n;
+			break;
+		}
+		next_len = (size_t)n + head;
+		part_sha_take(ph, next_sha);
+		digest_lanes_take_prev(&ph->lanes, cur_md5);
+
 		if (partno % 1024 == 0) {
 			size_t ncap = cap + 1024;
 			void *m, *p;
@@ -989,38 +1013,14 @@ static int upload_multi(struct engine *e, struct s3_client *c, struct unit *u,
 		e->parts_tail = &t->next;
 		pthread_cond_signal(&e->part_cond);
 		pthread_mutex_unlock(&e->lock);
-
-		/* at most parts_in_flight parts of this upload in memory and on the wire */
-		pthread_mutex_lock(&j.lock);
-		while (j.inflight >= e->cfg->parts_in_flight && !j.rc)
-			pthread_cond_wait(&j.cond, &j.lock);
-		rc = j.rc;
-		atomic_store(&u->done, arc_stream_bytes_in(as));
-		pthread_mutex_unlock(&j.lock);
-		if (rc)
+		if (next_len == 0)
 			break;
-		buf = buf_get(e, part_size);
-		if (!buf) {
-			rc = -ENOMEM;
-			break;
-		}
-		{
-			/* the byte read past the first part to tell one part from more */
-			size_t head = carry >= 0;
-			ssize_t n;
-
-			if (head)
-				buf[0] = (unsigned char)carry;
-			carry = -1;
-			n = fill(as, buf + head, part_size - head);
-			if (n < 0) {
-				rc = (int)n;
-				break;
-			}
-			len = (size_t)n + head;
-			part_hash_take(ph, cur_md5, cur_sha);
-		}
+		buf = next;
+		next = NULL;
+		len = next_len;
+		memcpy(cur_sha, next_sha, sizeof(cur_sha));
 	}
+	buf_put(e, next, part_size);
 	buf_put(e, buf, part_size);
 	pthread_mutex_lock(&j.lock);
 	while (j.inflight > 0)
@@ -1215,10 +1215,12 @@ static int upload_unit(struct engine *e, struct s3_client *c, struct unit *u,
 		goto out;
 	}
 	/* the part's MD5 and sha256 are made as the stream is read, in one pass */
-	part_hash_init(&ph);
-	arc_stream_ride(as, &ph.md5, &ph.sha);
+	digest_lanes_init(&ph.lanes);
+	digest_sha256_init(&ph.sha);
+	digest_lanes_start(&ph.lanes, buf, cap, 0);
+	arc_stream_ride(as, &ph.lanes, &ph.sha);
 	n = fill(as, buf, cap);
-	part_hash_take(&ph, md5, psha);
+	part_sha_take(&ph, psha);
 	/* a byte more tells one part from more: it starts the next part's digests */
 	if (n == (ssize_t)cap)
 		more = fill(as, &carry, 1);
@@ -1247,11 +1249,12 @@ static int upload_unit(struct engine *e, struct s3_client *c, struct unit *u,
 			goto out;
 		if (!u->upload_again && find_duplicate(e, c, u->id, r->checksum, r))
 			goto out;
+		digest_lanes_take_cur(&ph.lanes, (size_t)n, md5);
 		rc = upload_single(e, c, u, name, buf, (size_t)n, md5, psha, meta, nmeta, r);
 		if (rc && !r->error[0])
 			snprintf(r->error, sizeof(r->error), "%s", s3_client_error(c));
 	} else {
-		rc = upload_multi(e, c, u, rec, name, as, buf, part_size, md5, psha, carry, &ph,
+		rc = upload_multi(e, c, u, rec, name, as, buf, part_size, psha, carry, &ph,
 				  part_size, fd, &st, meta, nmeta, r);
 		buf = NULL;	/* taken by the first part */
 		if (rc == -ENODATA || (rc < 0 && rc != -ECANCELED && !r->error[0]))

@@ -143,12 +143,133 @@ static void test_portable(void **state)
 	random_cases(1, 600);
 }
 
+/*
+ * As the uploader uses the lanes: a stream of @n bytes cut into parts of
+ * @part bytes (the last shorter), each written into its own buffer in
+ * pieces of random size while the stream's sha256 (@a, offset by @pre
+ * bytes: a tar header) and the part's (@b) ride along.  The first byte of
+ * every part after the first is written outside the buffer first (the byte
+ * read to tell one part from more) and copied in after.  Each part's MD5 is
+ * taken when the next part has been read, the last one's at the end.
+ */
+static void lanes_case(const unsigned char *d, size_t n, size_t part, size_t pre, size_t piece,
+		       unsigned int *seed)
+{
+	size_t nparts = n / part + 1, prev_len = 0;
+	unsigned char **bufs = calloc(nparts, sizeof(*bufs)), *cat = malloc(n + pre + 1);
+	unsigned char (*md5s)[16] = calloc(nparts, 16), (*shas)[32] = calloc(nparts, 32);
+	unsigned char om[16], oa[32], ra[32], r[32];
+	struct digest_lanes l;
+	struct digest_sha256 a, b;
+	size_t k;
+
+	assert_non_null(bufs);
+	assert_non_null(cat);
+	assert_non_null(md5s);
+	assert_non_null(shas);
+	digest_lanes_init(&l);
+	digest_sha256_init(&a);
+	digest_update(NULL, &a, NULL, d + n, pre);
+	for (k = 0; k < nparts; k++) {
+		size_t at = k * part, len = at < n ? (n - at < part ? n - at : part) : 0, done = 0;
+		unsigned char carry;
+
+		bufs[k] = malloc(part + 1);
+		assert_non_null(bufs[k]);
+		digest_sha256_init(&b);
+		if (k > 0 && len > 0) {
+			carry = d[at];
+			digest_update_lanes(&l, &a, &b, &carry, 1);
+		}
+		digest_lanes_start(&l, bufs[k], part, prev_len);
+		if (k > 0 && len > 0) {
+			bufs[k][0] = carry;
+			done = 1;
+		}
+		while (done < len) {
+			size_t c = 1 + (size_t)rand_r(seed) % piece;
+
+			if (c > len - done)
+				c = len - done;
+			memcpy(bufs[k] + done, d + at + done, c);
+			digest_update_lanes(&l, &a, &b, bufs[k] + done, c);
+			done += c;
+		}
+		digest_sha256_final(&b, shas[k]);
+		if (k > 0)
+			digest_lanes_take_prev(&l, md5s[k - 1]);
+		prev_len = len;
+		if (len < part)
+			break;
+	}
+	digest_lanes_take_cur(&l, prev_len, md5s[k]);
+	digest_sha256_final(&a, oa);
+	memcpy(cat, d + n, pre);
+	memcpy(cat + pre, d, n);
+	ref(EVP_sha256(), cat, pre + n, ra);
+	assert_memory_equal(oa, ra, 32);
+	for (size_t i = 0; i <= k; i++) {
+		size_t at = i * part, len = at < n ? (n - at < part ? n - at : part) : 0;
+
+		ref(EVP_md5(), d + at, len, om);
+		assert_memory_equal(md5s[i], om, 16);
+		ref(EVP_sha256(), d + at, len, r);
+		assert_memory_equal(shas[i], r, 32);
+	}
+	for (size_t i = 0; i < nparts; i++)
+		free(bufs[i]);
+	free(bufs);
+	free(cat);
+	free(md5s);
+	free(shas);
+}
+
+static void lanes_cases(int portable, int iters)
+{
+	const size_t big = (size_t)2 << 20;
+	unsigned char *d = malloc(big + 512);
+	unsigned int seed = 11;
+
+	assert_non_null(d);
+	for (size_t i = 0; i < big + 512; i++)
+		d[i] = (unsigned char)rand_r(&seed);
+	digest_portable(portable);
+	for (int it = 0; it < iters; it++) {
+		size_t part = it % 4 == 0 ? 64 * (1 + (size_t)rand_r(&seed) % 8192)
+			      : it % 4 == 1 ? 1 + (size_t)rand_r(&seed) % 300
+					    : 1 + (size_t)rand_r(&seed) % 600000;
+		size_t n = it < 20 ? (size_t)it : (size_t)rand_r(&seed) % big;
+		size_t pre = it % 3 ? 512 * (size_t)(rand_r(&seed) % 2) : (size_t)rand_r(&seed) % 512;
+		size_t piece = it % 2 ? 1 + (size_t)rand_r(&seed) % 300 : 1 + (size_t)rand_r(&seed) % 200000;
+
+		if (part < 64 && n > 20000)
+			n = 20000;	/* a thousand parts are enough */
+		lanes_case(d, n, part, pre, piece, &seed);
+	}
+	digest_portable(0);
+	free(d);
+}
+
+static void test_lanes(void **state)
+{
+	(void)state;
+	lanes_cases(0, 300);
+}
+
+static void test_lanes_portable(void **state)
+{
+	(void)state;
+	lanes_cases(1, 100);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_known),
 		cmocka_unit_test(test_fused),
 		cmocka_unit_test(test_portable),
+		cmocka_unit_test(test_lanes),
+		cmocka_unit_test(test_lanes_portable),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
