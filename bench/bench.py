@@ -688,6 +688,7 @@ def close():
         shutil.rmtree(disk, ignore_errors=True)
         os.makedirs(disk)
         try:
+            warm_memory()
             return timed(f"cp {q(BIG)} {q(disk)}/")
         finally:
             shutil.rmtree(disk, ignore_errors=True)
