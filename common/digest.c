@@ -199,6 +199,15 @@ DG_INLINE void md5_words(uint32_t x[16], const unsigned char *p)
 		x[i] = le32(p + 4 * i);
 }
 
+/* A block's result added into the state @h. */
+DG_INLINE void md5_add(uint32_t h[4], uint32_t a, uint32_t b, uint32_t c, uint32_t d)
+{
+	h[0] += a;
+	h[1] += b;
+	h[2] += c;
+	h[3] += d;
+}
+
 static void md5_blocks(uint32_t h[4], const unsigned char *p, size_t n)
 {
 	for (; n; n--, p += 64) {
@@ -208,10 +217,7 @@ static void md5_blocks(uint32_t h[4], const unsigned char *p, size_t n)
 #pragma GCC unroll 16
 		for (int q = 0; q < 16; q++)
 			md5_quad(&a, &b, &c, &d, x, q);
-		h[0] += a;
-		h[1] += b;
-		h[2] += c;
-		h[3] += d;
+		md5_add(h, a, b, c, d);
 	}
 }
 
@@ -257,91 +263,74 @@ DG_TARGET DG_INLINE void sha_quad(__m128i *abef, __m128i *cdgh, __m128i wk)
 }
 
 /*
- * @n blocks into the sha256 state @a, and into @b and the MD5 state @m when
- * asked: @two and @md5 are constants in every caller, so each caller is its
- * own specialised loop.
+ * Rounds 4q .. 4q+3 of block @blk into the state @a, and @b when @two: the
+ * message words w[q] made first (one schedule for both).  The block's start
+ * is saved into @sa / @sb before its first rounds and added back after its
+ * last.
  */
-DG_TARGET DG_INLINE void fused(uint32_t *m, uint32_t *a, uint32_t *b, const unsigned char *p,
-			       size_t n, const int md5, const int two)
+DG_TARGET DG_INLINE void sha_step(__m128i w[16], const unsigned char *blk, int q, __m128i a[2],
+				  __m128i b[2], __m128i sa[2], __m128i sb[2], const int two)
 {
 	const __m128i swap = _mm_set_epi64x(0x0c0d0e0f08090a0bLL, 0x0405060700010203LL);
-	__m128i a0, a1, b0 = _mm_setzero_si128(), b1 = _mm_setzero_si128();
+	__m128i wk;
 
-	sha_load(a, &a0, &a1);
+	if (q == 0) {
+		sa[0] = a[0];
+		sa[1] = a[1];
+		sb[0] = b[0];
+		sb[1] = b[1];
+	}
+	if (q < 4)
+		w[q] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(blk + 16 * q)), swap);
+	else
+		w[q] = _mm_sha256msg2_epu32(
+			_mm_add_epi32(_mm_sha256msg1_epu32(w[q - 4], w[q - 3]),
+				      _mm_alignr_epi8(w[q - 1], w[q - 2], 4)),
+			w[q - 1]);
+	wk = _mm_add_epi32(w[q], _mm_loadu_si128((const __m128i *)(sha_k + 4 * q)));
+	sha_quad(&a[0], &a[1], wk);
 	if (two)
-		sha_load(b, &b0, &b1);
-	for (; n; n--, p += 64) {
-		__m128i w[16], sa0 = a0, sa1 = a1, sb0 = b0, sb1 = b1;
-		uint32_t x[16], ma = 0, mb = 0, mc = 0, md = 0;
-
-		if (md5) {
-			md5_words(x, p);
-			ma = m[0];
-			mb = m[1];
-			mc = m[2];
-			md = m[3];
-		}
-#pragma GCC unroll 16
-		for (int q = 0; q < 16; q++) {
-			__m128i wk;
-
-			if (q < 4)
-				w[q] = _mm_shuffle_epi8(
-					_mm_loadu_si128((const __m128i *)(p + 16 * q)), swap);
-			else
-				w[q] = _mm_sha256msg2_epu32(
-					_mm_add_epi32(_mm_sha256msg1_epu32(w[q - 4], w[q - 3]),
-						      _mm_alignr_epi8(w[q - 1], w[q - 2], 4)),
-					w[q - 1]);
-			wk = _mm_add_epi32(w[q], _mm_loadu_si128((const __m128i *)(sha_k + 4 * q)));
-			sha_quad(&a0, &a1, wk);
-			if (two)
-				sha_quad(&b0, &b1, wk);
-			if (md5)
-				md5_quad(&ma, &mb, &mc, &md, x, q);
-		}
-		a0 = _mm_add_epi32(a0, sa0);
-		a1 = _mm_add_epi32(a1, sa1);
+		sha_quad(&b[0], &b[1], wk);
+	if (q == 15) {
+		a[0] = _mm_add_epi32(a[0], sa[0]);
+		a[1] = _mm_add_epi32(a[1], sa[1]);
 		if (two) {
-			b0 = _mm_add_epi32(b0, sb0);
-			b1 = _mm_add_epi32(b1, sb1);
-		}
-		if (md5) {
-			m[0] += ma;
-			m[1] += mb;
-			m[2] += mc;
-			m[3] += md;
+			b[0] = _mm_add_epi32(b[0], sb[0]);
+			b[1] = _mm_add_epi32(b[1], sb[1]);
 		}
 	}
-	sha_store(a, a0, a1);
-	if (two)
-		sha_store(b, b0, b1);
 }
 
 /*
- * @n rounds of: two blocks of @p into the sha256 state @a (and @b when
- * @two), and one block of @p1 into the MD5 state @m1 (and one of @p2 into
- * @m2 when @lanes is 2).  Two MD5 messages side by side run nearly twice as
- * fast as one: each is a serial chain, and the integer units have room for
- * two.  The MD5 steps of the lanes alternate with the SHA rounds.
+ * @n rounds of: @per blocks (1 or 2) of @p into the sha256 state @a (and @b
+ * when @two), and one block of @p1 into the MD5 state @m1 when @lanes is 1
+ * or more, and one of @p2 into @m2 when it is 2.  The MD5 steps alternate
+ * with the SHA rounds, so the out-of-order core overlaps the chains.  Two
+ * MD5 messages side by side run nearly twice as fast as one: each is a
+ * serial chain, and the integer units have room for two.  Every argument
+ * after @n is a constant in each caller, which is its own specialised loop.
  */
-DG_TARGET DG_INLINE void fused_lanes(uint32_t *m1, const unsigned char *p1, uint32_t *m2,
-				     const unsigned char *p2, uint32_t *a, uint32_t *b,
-				     const unsigned char *p, size_t n, const int lanes,
-				     const int two)
+DG_TARGET DG_INLINE void fused(uint32_t *m1, const unsigned char *p1, uint32_t *m2,
+			       const unsigned char *p2, uint32_t *a, uint32_t *b,
+			       const unsigned char *p, size_t n, const int per, const int lanes,
+			       const int two)
 {
-	const __m128i swap = _mm_set_epi64x(0x0c0d0e0f08090a0bLL, 0x0405060700010203LL);
-	__m128i a0, a1, b0 = _mm_setzero_si128(), b1 = _mm_setzero_si128();
+	__m128i va[2], vb[2] = { _mm_setzero_si128(), _mm_setzero_si128() }, sa[2], sb[2];
 
-	sha_load(a, &a0, &a1);
+	sha_load(a, &va[0], &va[1]);
 	if (two)
-		sha_load(b, &b0, &b1);
-	for (; n; n--, p += 128, p1 += 64, p2 += 64) {
-		__m128i w[16], sa0 = a0, sa1 = a1, sb0 = b0, sb1 = b1;
-		uint32_t x[16], y[16], ma = m1[0], mb = m1[1], mc = m1[2], md = m1[3];
-		uint32_t na = 0, nb = 0, nc = 0, nd = 0;
+		sha_load(b, &vb[0], &vb[1]);
+	for (; n; n--, p += 64 * per, p1 += 64, p2 += 64) {
+		__m128i w[16];
+		uint32_t x[16], y[16], ma = 0, mb = 0, mc = 0, md = 0, na = 0, nb = 0, nc = 0, nd = 0;
 
-		md5_words(x, p1);
+		if (lanes >= 1) {
+			md5_words(x, p1);
+			ma = m1[0];
+			mb = m1[1];
+			mc = m1[2];
+			md = m1[3];
+		}
 		if (lanes == 2) {
 			md5_words(y, p2);
 			na = m2[0];
@@ -350,103 +339,70 @@ DG_TARGET DG_INLINE void fused_lanes(uint32_t *m1, const unsigned char *p1, uint
 			nd = m2[3];
 		}
 #pragma GCC unroll 32
-		for (int i = 0; i < 32; i++) {
-			const unsigned char *blk = p + 64 * (i >> 4);
-			int q = i & 15;
-			__m128i wk;
-
-			if (i == 16) {	/* the second block */
-				a0 = sa0 = _mm_add_epi32(a0, sa0);
-				a1 = sa1 = _mm_add_epi32(a1, sa1);
-				if (two) {
-					b0 = sb0 = _mm_add_epi32(b0, sb0);
-					b1 = sb1 = _mm_add_epi32(b1, sb1);
-				}
-			}
-			if (q < 4)
-				w[q] = _mm_shuffle_epi8(
-					_mm_loadu_si128((const __m128i *)(blk + 16 * q)), swap);
-			else
-				w[q] = _mm_sha256msg2_epu32(
-					_mm_add_epi32(_mm_sha256msg1_epu32(w[q - 4], w[q - 3]),
-						      _mm_alignr_epi8(w[q - 1], w[q - 2], 4)),
-					w[q - 1]);
-			wk = _mm_add_epi32(w[q], _mm_loadu_si128((const __m128i *)(sha_k + 4 * q)));
-			sha_quad(&a0, &a1, wk);
-			if (two)
-				sha_quad(&b0, &b1, wk);
-			if (!(i & 1))
+		for (int i = 0; i < 16 * per; i++) {
+			sha_step(w, p + 64 * (i >> 4), i & 15, va, vb, sa, sb, two);
+			if (lanes >= 1 && per == 1)
+				md5_quad(&ma, &mb, &mc, &md, x, i);
+			else if (lanes >= 1 && !(i & 1))
 				md5_quad(&ma, &mb, &mc, &md, x, i >> 1);
 			else if (lanes == 2)
 				md5_quad(&na, &nb, &nc, &nd, y, i >> 1);
 		}
-		a0 = _mm_add_epi32(a0, sa0);
-		a1 = _mm_add_epi32(a1, sa1);
-		if (two) {
-			b0 = _mm_add_epi32(b0, sb0);
-			b1 = _mm_add_epi32(b1, sb1);
-		}
-		m1[0] += ma;
-		m1[1] += mb;
-		m1[2] += mc;
-		m1[3] += md;
-		if (lanes == 2) {
-			m2[0] += na;
-			m2[1] += nb;
-			m2[2] += nc;
-			m2[3] += nd;
-		}
+		if (lanes >= 1)
+			md5_add(m1, ma, mb, mc, md);
+		if (lanes == 2)
+			md5_add(m2, na, nb, nc, nd);
 	}
-	sha_store(a, a0, a1);
+	sha_store(a, va[0], va[1]);
 	if (two)
-		sha_store(b, b0, b1);
+		sha_store(b, vb[0], vb[1]);
 }
 
 DG_TARGET static void lanes_1s(uint32_t *m1, const unsigned char *p1, uint32_t *a,
 			       const unsigned char *p, size_t n)
 {
-	fused_lanes(m1, p1, NULL, NULL, a, NULL, p, n, 1, 0);
+	fused(m1, p1, NULL, NULL, a, NULL, p, n, 2, 1, 0);
 }
 
 DG_TARGET static void lanes_1ss(uint32_t *m1, const unsigned char *p1, uint32_t *a, uint32_t *b,
 				const unsigned char *p, size_t n)
 {
-	fused_lanes(m1, p1, NULL, NULL, a, b, p, n, 1, 1);
+	fused(m1, p1, NULL, NULL, a, b, p, n, 2, 1, 1);
 }
 
 DG_TARGET static void lanes_2s(uint32_t *m1, const unsigned char *p1, uint32_t *m2,
 			       const unsigned char *p2, uint32_t *a, const unsigned char *p,
 			       size_t n)
 {
-	fused_lanes(m1, p1, m2, p2, a, NULL, p, n, 2, 0);
+	fused(m1, p1, m2, p2, a, NULL, p, n, 2, 2, 0);
 }
 
 DG_TARGET static void lanes_2ss(uint32_t *m1, const unsigned char *p1, uint32_t *m2,
 				const unsigned char *p2, uint32_t *a, uint32_t *b,
 				const unsigned char *p, size_t n)
 {
-	fused_lanes(m1, p1, m2, p2, a, b, p, n, 2, 1);
+	fused(m1, p1, m2, p2, a, b, p, n, 2, 2, 1);
 }
 
 DG_TARGET static void fused_s(uint32_t *a, const unsigned char *p, size_t n)
 {
-	fused(NULL, a, NULL, p, n, 0, 0);
+	fused(NULL, p, NULL, NULL, a, NULL, p, n, 1, 0, 0);
 }
 
 DG_TARGET static void fused_ss(uint32_t *a, uint32_t *b, const unsigned char *p, size_t n)
 {
-	fused(NULL, a, b, p, n, 0, 1);
+	fused(NULL, p, NULL, NULL, a, b, p, n, 1, 0, 1);
 }
 
 DG_TARGET static void fused_ms(uint32_t *m, uint32_t *a, const unsigned char *p, size_t n)
 {
-	fused(m, a, NULL, p, n, 1, 0);
+	fused(m, p, NULL, NULL, a, NULL, p, n, 1, 1, 0);
 }
 
 DG_TARGET static void fused_mss(uint32_t *m, uint32_t *a, uint32_t *b, const unsigned char *p,
 				size_t n)
 {
-	fused(m, a, b, p, n, 1, 1);
+	fused(m, p, NULL, NULL, a, b, p, n, 1, 1, 1);
 }
 
 static int probe(void)

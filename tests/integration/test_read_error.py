@@ -26,9 +26,11 @@ from helpers import get_status, get_xattr, wait_status
 
 assert fault_proxy  # a fixture, used by name
 
-SIZE = 2 << 20
+SIZE = 3 << 20
 BLOCK = 4096
-BAD_AT = SIZE - BLOCK  # the last block: past the first part of a 1M-part upload
+# the last block, in part 3 of a 1M-part upload: part 1 goes up once part 2
+# has been read (its MD5 is finished then), part 2 once part 3 has
+BAD_AT = SIZE - BLOCK
 IMAGE_SIZE = 256 << 20
 
 
@@ -122,7 +124,8 @@ def wait_failed(m, name):
 @pytest.mark.parametrize("part_size", [None, "1M"], ids=["one-put", "multipart"])
 def test_local_read_error_fails_the_unit(eio_fs, fault_proxy, mount, tmp_path, part_size):
     """one-put: the read fails before any request.  multipart: part 1 is
-    sent, reading part 2 fails; the upload must be aborted.  Once the block
+    sent, reading part 3 fails, part 2 is not sent; the upload must be
+    aborted.  Once the block
     reads again, `mgmtfs retry` uploads the file, once, whole."""
     local = eio_fs.dir / "local"
     opts = proxied(fault_proxy, local_dir=local)
