@@ -60,6 +60,7 @@
 
 #define RESCAN_SECONDS 1.0
 #define MAX_NAME_TRIES 10000
+#define UNIT_BUCKETS 4096	/* a power of two */
 #define HUGE_PAGE (2u << 20)
 
 enum unit_state {
@@ -78,7 +79,8 @@ struct unit {
 	int upload_again;	/* moved back from completed/: upload even if a copy exists */
 	atomic_int cancel;
 	_Atomic uint64_t done, total;
-	struct unit *next;	/* the table */
+	struct unit *next, **pprev;	/* the table: all units */
+	struct unit *hnext;	/* the table: the units of its name's bucket */
 	struct unit *ready_next;
 };
 
@@ -122,6 +124,7 @@ struct engine {
 	pthread_cond_t work_cond;
 	pthread_cond_t part_cond;
 	struct unit *units;		/* protected by lock */
+	struct unit *by_name[UNIT_BUCKETS];	/* the same units by name (unit_find) */
 	struct unit *ready, **ready_tail;
 	struct part_task *parts, **parts_tail;
 	int stopping;
@@ -195,11 +198,21 @@ static int status_active(enum store_status s)
 
 /* ---- the unit table ----------------------------------------------------- */
 
+/* FNV-1a of @name: its bucket in e->by_name. */
+static struct unit **unit_bucket(struct engine *e, const char *name)
+{
+	uint32_t h = 2166136261u;
+
+	for (; *name; name++)
+		h = (h ^ (unsigned char)*name) * 16777619u;
+	return &e->by_name[h & (UNIT_BUCKETS - 1)];
+}
+
 static struct unit *unit_find(struct engine *e, const char *name)
 {
 	struct unit *u;
 
-	for (u = e->units; u; u = u->next)
+	for (u = *unit_bucket(e, name); u; u = u->hnext)
 		if (!strcmp(u->name, name))
 			return u;
 	return NULL;
@@ -215,13 +228,29 @@ static struct unit *unit_find_id(struct engine *e, uint64_t id)
 	return NULL;
 }
 
+static void unit_add(struct engine *e, struct unit *u)
+{
+	struct unit **b = unit_bucket(e, u->name);
+
+	u->next = e->units;
+	if (u->next)
+		u->next->pprev = &u->next;
+	u->pprev = &e->units;
+	e->units = u;
+	u->hnext = *b;
+	*b = u;
+}
+
 static void unit_remove(struct engine *e, struct unit *u)
 {
 	struct unit **pp;
 
-	for (pp = &e->units; *pp; pp = &(*pp)->next) {
+	*u->pprev = u->next;
+	if (u->next)
+		u->next->pprev = u->pprev;
+	for (pp = unit_bucket(e, u->name); *pp; pp = &(*pp)->hnext) {
 		if (*pp == u) {
-			*pp = u->next;
+			*pp = u->hnext;
 			break;
 		}
 	}
@@ -256,8 +285,7 @@ static int unit_schedule(struct engine *e, const char *name, uint64_t id, double
 			free(u);
 			return -ENOMEM;
 		}
-		u->next = e->units;
-		e->units = u;
+		unit_add(e, u);
 		u->state = U_WAITING;
 	}
 	u->id = id;
