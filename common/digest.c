@@ -581,9 +581,8 @@ static void lane_blocks(struct digest_lanes *l, struct digest_sha256 *a, struct 
 		a = b;
 		b = NULL;
 	}
-	if (!a) {
+	if (!a)
 		return;	/* nothing to ride on: the lanes catch up when taken */
-	}
 	kc = kc < n / 2 ? kc : n / 2;
 	ko = ko < n / 2 ? ko : n / 2;
 	both = kc < ko ? kc : ko;
