@@ -62,6 +62,8 @@
 #define MAX_NAME_TRIES 10000
 #define UNIT_BUCKETS 4096	/* a power of two */
 #define HUGE_PAGE (2u << 20)
+#define SMALL_BUF (256u << 10)	/* the reused buffer of a small file's one PUT */
+#define PUT_SLACK (64u << 10)	/* tar headers, padding and gzip's worst case */
 
 enum unit_state {
 	U_WAITING,
@@ -115,6 +117,14 @@ struct part_task {
 	struct part_task *next;
 };
 
+/* Free buffers of one size, kept for the next upload (buf_get). */
+struct buf_pool {
+	pthread_mutex_t lock;	/* taken alone */
+	unsigned char **bufs;
+	int n, max;
+	size_t size;
+};
+
 struct engine {
 	struct fs *fs;
 	const struct mgmtfs_config *cfg;
@@ -134,10 +144,8 @@ struct engine {
 	int nworkers, nsenders;
 	int big_free;		/* multipart slots left, protected by lock */
 	size_t mem_held;	/* part-buffer memory taken (mem_hold), protected by lock */
-	pthread_mutex_t pool_lock;	/* taken alone */
-	unsigned char **pool;	/* free part buffers of pool_size bytes, protected by pool_lock */
-	int npool, pool_max;
-	size_t pool_size;
+	struct buf_pool pool;	/* free part buffers (part_size) */
+	struct buf_pool small;	/* free buffers of small files' one PUT (SMALL_BUF) */
 	atomic_int warm;	/* the pool was filled for a multipart upload once */
 	pthread_cond_t big_cond;
 	int started;
@@ -543,37 +551,68 @@ static unsigned char *buf_new(size_t size)
 }
 
 /*
- * Part buffers are reused: a fresh 8 MiB buffer costs 2,048 page faults
+ * Buffers are reused: a fresh 8 MiB part buffer costs 2,048 page faults
  * and as many zeroed pages, which showed as 40% of the daemon's CPU on an
- * uncompressed upload.  At most (parts_in_flight + 1) per multipart slot
- * are kept, the bound memory has anyway; other sizes (a part grown for a
- * huge file, the buffer of a small file's one PUT) are freed after use.
+ * uncompressed upload; the buffer of a small file's one PUT, taken from
+ * the system and given back for each file, cost an mmap, a munmap and its
+ * TLB shootdown on every core each time (9% of the daemon's CPU for 1,000
+ * files of 10 KiB).  Part buffers are kept up to (parts_in_flight + 1)
+ * per multipart slot, the bound memory has anyway; buffers of SMALL_BUF
+ * (any request up to that size) one per upload worker.  Other sizes (a
+ * part grown for a huge file, a mid-sized file's one PUT) are freed after
+ * use.
  */
+static struct buf_pool *pool_for(struct engine *e, size_t size)
+{
+	if (size == e->pool.size)
+		return &e->pool;
+	return size <= e->small.size ? &e->small : NULL;
+}
+
 static unsigned char *buf_get(struct engine *e, size_t size)
 {
+	struct buf_pool *p = pool_for(e, size);
 	unsigned char *b = NULL;
 
-	if (size == e->pool_size) {
-		pthread_mutex_lock(&e->pool_lock);
-		if (e->npool)
-			b = e->pool[--e->npool];
-		pthread_mutex_unlock(&e->pool_lock);
-		return b ? b : buf_new(e->pool_size);
-	}
-	return buf_new(size);
+	if (!p)
+		return buf_new(size);
+	pthread_mutex_lock(&p->lock);
+	if (p->n)
+		b = p->bufs[--p->n];
+	pthread_mutex_unlock(&p->lock);
+	return b ? b : buf_new(p->size);
 }
 
 static void buf_put(struct engine *e, unsigned char *b, size_t size)
 {
-	if (b && size == e->pool_size) {
-		pthread_mutex_lock(&e->pool_lock);
-		if (e->npool < e->pool_max) {
-			e->pool[e->npool++] = b;
+	struct buf_pool *p = pool_for(e, size);
+
+	if (b && p) {
+		pthread_mutex_lock(&p->lock);
+		if (p->n < p->max) {
+			p->bufs[p->n++] = b;
 			b = NULL;
 		}
-		pthread_mutex_unlock(&e->pool_lock);
+		pthread_mutex_unlock(&p->lock);
 	}
 	free(b);
+}
+
+static int pool_init(struct buf_pool *p, size_t size, int max)
+{
+	pthread_mutex_init(&p->lock, NULL);
+	p->size = size;
+	p->max = max;
+	p->bufs = calloc((size_t)max, sizeof(*p->bufs));
+	return p->bufs ? 0 : -ENOMEM;
+}
+
+static void pool_free(struct buf_pool *p)
+{
+	while (p->n)
+		free(p->bufs[--p->n]);
+	free(p->bufs);
+	pthread_mutex_destroy(&p->lock);
 }
 
 /*
@@ -593,12 +632,12 @@ static void buf_warm(struct engine *e)
 	if (!held)
 		return;
 	for (int i = 0; i < n; i++) {
-		held[i] = buf_get(e, e->pool_size);
+		held[i] = buf_get(e, e->pool.size);
 		if (held[i])
-			memset(held[i], 0, e->pool_size);
+			memset(held[i], 0, e->pool.size);
 	}
 	for (int i = 0; i < n; i++)
-		buf_put(e, held[i], e->pool_size);
+		buf_put(e, held[i], e->pool.size);
 	free(held);
 }
 
@@ -1230,8 +1269,8 @@ static int upload_unit(struct engine *e, struct s3_client *c, struct unit *u,
 	held = (size_t)(e->cfg->parts_in_flight + 1) * part_size;
 	if (!big) {
 		/* one PUT: a buffer its size where that is known (a file), not a part's */
-		if (S_ISREG(st.st_mode) && total + total / 64 + (1u << 20) < part_size / 2)
-			cap = (size_t)(total + total / 64 + (1u << 20));
+		if (S_ISREG(st.st_mode) && total + total / 64 + PUT_SLACK < part_size / 2)
+			cap = (size_t)(total + total / 64 + PUT_SLACK);
 		held = cap;
 	}
 	mem_hold(e, (ssize_t)held, big);
@@ -1855,6 +1894,7 @@ int engine_new(struct fs *fs, struct engine **out)
 {
 	struct engine *e = calloc(1, sizeof(*e));
 	const struct mgmtfs_config *cfg = fs->cfg;
+	int rc;
 
 	if (!e)
 		return -ENOMEM;
@@ -1867,11 +1907,13 @@ int engine_new(struct fs *fs, struct engine **out)
 	pthread_cond_init(&e->part_cond, NULL);
 	pthread_cond_init(&e->big_cond, NULL);
 	e->big_free = engine_multipart_slots(cfg);
-	pthread_mutex_init(&e->pool_lock, NULL);
-	e->pool_size = cfg->part_size;
-	e->pool_max = e->big_free * (cfg->parts_in_flight + 1);
-	e->pool = calloc((size_t)e->pool_max, sizeof(*e->pool));
-	if (!e->pool) {
+	e->nworkers = cfg->uploads * 4 > 32 ? 32 : cfg->uploads * 4;
+	rc = pool_init(&e->pool, cfg->part_size, e->big_free * (cfg->parts_in_flight + 1));
+	if (pool_init(&e->small, SMALL_BUF, e->nworkers))
+		rc = -ENOMEM;
+	if (rc) {
+		pool_free(&e->pool);
+		pool_free(&e->small);
 		free(e);
 		return -ENOMEM;
 	}
@@ -1891,7 +1933,6 @@ int engine_start(struct engine *e)
 	else
 		poll_hold(e);
 	recover(e);
-	e->nworkers = e->cfg->uploads * 4 > 32 ? 32 : e->cfg->uploads * 4;
 	e->nsenders = engine_multipart_slots(e->cfg) * e->cfg->parts_in_flight;
 	e->workers = calloc((size_t)e->nworkers, sizeof(*e->workers));
 	e->senders = calloc((size_t)e->nsenders, sizeof(*e->senders));
@@ -1947,9 +1988,7 @@ void engine_free(struct engine *e)
 	pthread_cond_destroy(&e->work_cond);
 	pthread_cond_destroy(&e->part_cond);
 	pthread_cond_destroy(&e->big_cond);
-	while (e->npool)
-		free(e->pool[--e->npool]);
-	free(e->pool);
-	pthread_mutex_destroy(&e->pool_lock);
+	pool_free(&e->pool);
+	pool_free(&e->small);
 	free(e);
 }

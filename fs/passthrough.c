@@ -14,7 +14,12 @@
  * libfuse 3.14 knows nothing of it, so this file speaks the three protocol
  * bits itself, through fuse_session_custom_io() on the mounted /dev/fuse fd:
  *   - the INIT reply (the first reply with a non-zero unique) gets
- *     FUSE_INIT_EXT, FUSE_PASSTHROUGH in flags2 and max_stack_depth = 1;
+ *     FUSE_INIT_EXT, FUSE_PASSTHROUGH in flags2 and max_stack_depth = 1,
+ *     and FUSE_HANDLE_KILLPRIV_V2: the suid/sgid bits and security.capability
+ *     are killed by the backing filesystem, which sees every write, truncate
+ *     and chown, as the local disk would.  Without it the kernel asks us for
+ *     security.capability before every write(2) (it may not mark the inode
+ *     S_NOSEC): a round trip per 128 KiB of `cp`;
  *   - a backing file is registered with the FUSE_DEV_IOC_BACKING_OPEN
  *     ioctl (needs CAP_SYS_ADMIN), which gives a backing id;
  *   - the open or create reply sent while pt_next_reply() holds an id on
@@ -78,7 +83,7 @@ static void patch_init(struct fs *fs, struct iovec *iov, int count)
 		atomic_store(&fs->pt_state, FS_PT_OFF);
 		return;
 	}
-	io->flags |= FUSE_INIT_EXT;
+	io->flags |= FUSE_INIT_EXT | FUSE_HANDLE_KILLPRIV_V2;
 	io->flags2 |= (uint32_t)(FUSE_PASSTHROUGH >> 32);
 	memcpy((char *)io + INIT_OUT_STACK_DEPTH, &depth, sizeof(depth));
 	atomic_store(&fs->pt_state, FS_PT_ON);

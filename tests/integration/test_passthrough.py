@@ -84,3 +84,20 @@ def test_mmap_write_and_concurrent_readers(mount):
     assert m.cli("resume").returncode == 0
     m.wait_completed("m.bin")
     assert sha256(m.completed("m.bin").read_bytes()) == sha256(want)
+
+
+def test_writes_ask_for_security_capability_once(mount):
+    """The backing filesystem kills suid bits on write (FUSE_HANDLE_KILLPRIV_V2),
+    as it sees every write: the kernel then asks the daemon for
+    security.capability once per file, not before every write(2)."""
+    m = mount({"hold": True, "debug": True}, env={"MGMTFS_FUSE_DEBUG": "1"})
+    data = os.urandom(40 * 131072)
+    fd = os.open(m.pending("w.bin"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    for i in range(0, len(data), 131072):
+        assert os.write(fd, data[i:i + 131072]) == 131072
+    os.close(fd)
+    if not passthrough_active(m):
+        pytest.skip("passthrough is off: every write goes through the daemon")
+    asked = m.log().count("opcode: GETXATTR")
+    assert 1 <= asked <= 2, f"{asked} GETXATTR for 40 writes"
+    assert sha256((m.local / "pending" / "w.bin").read_bytes()) == sha256(data)
