@@ -267,22 +267,37 @@ class Mgmtfs:
             time.sleep(0.005)
 
     def wait_all_completed(self, count, stall=180):
+        """Until COUNT files are in completed/.  The daemon logs each file once
+        it is there ("uploaded 'pending/NAME' as ..." after the move, or "has
+        the same content as"); the log is read every 5 ms and completed/ is
+        listed only to confirm.  Listing completed/ every 10 ms instead (a
+        READDIR of up to 1,000 entries through FUSE each time) cost the daemon
+        1.2 ms of CPU per look, about 0.3 s of CPU in a 3 s run on 2 cores:
+        the watcher would slow what it watches, which no peer pays."""
         comp = os.path.join(self.mnt, "completed")
+        done, tail = 0, b""
         last_n, last_t, last_check = -1, time.monotonic(), time.monotonic()
-        while True:
-            n = len(os.listdir(comp))
-            if n >= count:
-                return
-            now = time.monotonic()
-            if n != last_n:
-                last_n, last_t = n, now
-            elif now - last_t > stall:
-                raise Fail(f"mgmtfs: stuck at {n}/{count} completed for {stall} s")
-            if now - last_check > 2:
-                last_check = now
-                self.alive()
-                self.failed_in_pending()
-            time.sleep(0.01)
+        with open(self.logf, "rb") as log:
+            while True:
+                chunk = log.read()
+                if chunk:
+                    lines = (tail + chunk).split(b"\n")
+                    tail = lines.pop()
+                    done += sum(1 for ln in lines if b"info: uploaded 'pending/" in ln
+                                or b"has the same content as" in ln)
+                if done >= count and len(os.listdir(comp)) >= count:
+                    return
+                now = time.monotonic()
+                if done != last_n:
+                    last_n, last_t = done, now
+                elif now - last_t > stall:
+                    raise Fail(f"mgmtfs: stuck at {len(os.listdir(comp))}/{count} "
+                               f"completed for {stall} s")
+                if now - last_check > 2:
+                    last_check = now
+                    self.alive()
+                    self.failed_in_pending()
+                time.sleep(0.005)
 
     def vmhwm(self):
         with open(f"/proc/{self.proc.pid}/status") as f:
