@@ -32,7 +32,8 @@
  * settles.  Memory is bounded by buffer_memory (the part buffers of the
  * uploads running at once: (parts_in_flight + 1) x part_size for a
  * multipart upload, the one buffer of a single PUT; mem_hold) plus the
- * compressors' blocks, whatever the file sizes.
+ * compressors' blocks and the small files' kept buffers (SMALL_BUF per
+ * worker), whatever the file sizes.
  *
  * Locks: e->lock guards the unit table, the ready queue and the part
  * queue.  fs->rec_lock serialises read-modify-write of records; it is
