@@ -16,7 +16,8 @@
  *       needing multipart takes a slot first: as many as buffer_memory
  *       holds, engine_multipart_slots)
  *       archive stream (tar/gzip on all cores) ──> part buffers, each
- *           part's sha256 made as it is read, its MD5 half then and half
+ *           part's sha256 made as it is read (if the client signs data:
+ *           payload_signing), its MD5 half then and half
  *           while the next part is read, in a second lane (arc_stream_ride,
  *           digest_lanes; for tar and none in the same pass as the
  *           content's sha256); a part is sent once the next one is read
@@ -771,12 +772,16 @@ static ssize_t fill(struct arc_stream *as, unsigned char *buf, size_t len)
 /* The digests of the parts being read: the stream feeds them (arc_stream_ride). */
 struct part_hash {
 	struct digest_lanes lanes;	/* the MD5s of this part and of the one before */
-	struct digest_sha256 sha;	/* this part's */
+	struct digest_sha256 sha;	/* this part's, if signed */
+	int sign;			/* the client signs the data (payload_signing) */
 };
 
-/* The part just read: its sha256 (hex) into @sha; the next part's starts. */
+/* The part just read: its sha256 (hex, "" if not signed) into @sha; the next part's starts. */
 static void part_sha_take(struct part_hash *h, char sha[65])
 {
+	sha[0] = '\0';
+	if (!h->sign)
+		return;
 	digest_sha256_hex(&h->sha, sha);
 	digest_sha256_init(&h->sha);
 }
@@ -1286,7 +1291,8 @@ static int upload_unit(struct engine *e, struct s3_client *c, struct unit *u,
 	digest_lanes_init(&ph.lanes);
 	digest_sha256_init(&ph.sha);
 	digest_lanes_start(&ph.lanes, buf, cap, 0);
-	arc_stream_ride(as, &ph.lanes, &ph.sha);
+	ph.sign = s3_client_signs_data(c);
+	arc_stream_ride(as, &ph.lanes, ph.sign ? &ph.sha : NULL);
 	n = fill(as, buf, cap);
 	part_sha_take(&ph, psha);
 	/* a byte more tells one part from more: it starts the next part's digests */

@@ -77,6 +77,7 @@ struct s3_client {
 	struct s3_secrets sec;
 	int https;
 	int insecure;
+	int sign_data; /* object data's sha256 signed (s3_config.payload_signing) */
 	int max_attempts;
 	double retry_max_seconds;
 	double retry_base_seconds;
@@ -1105,7 +1106,13 @@ static int op_header(struct s3_client *c, struct s3_op *op, const char *name, co
 	return rc ? fail_local(c, rc, "cannot build the request") : 0;
 }
 
-/* Send @body: the caller's hashes (either may be NULL) or computed ones, and Content-MD5. */
+static const char unsigned_payload[] = "UNSIGNED-PAYLOAD";
+
+/*
+ * Send @body: the caller's hashes (either may be NULL) or computed ones, and
+ * Content-MD5.  @sha256_hex may be unsigned_payload (object data when the
+ * client does not sign it: data_hash()).
+ */
 static int op_body(struct s3_client *c, struct s3_op *op, const void *body, size_t len,
 		   const unsigned char *md5, const char *sha256_hex)
 {
@@ -1121,7 +1128,9 @@ static int op_body(struct s3_client *c, struct s3_op *op, const void *body, size
 			return fail_local(c, rc, "cannot hash the body");
 		md5 = m;
 	}
-	if (sha256_hex) {
+	if (sha256_hex == unsigned_payload) {
+		memcpy(op->rq.sha256, unsigned_payload, sizeof(unsigned_payload));
+	} else if (sha256_hex) {
 		if (strlen(sha256_hex) != SIGV4_HEX_LEN - 1)
 			return fail_local(c, -EINVAL, "bad SHA-256 of the body");
 		memcpy(op->rq.sha256, sha256_hex, SIGV4_HEX_LEN);
@@ -1135,6 +1144,12 @@ static int op_body(struct s3_client *c, struct s3_op *op, const void *body, size
 	if (rc)
 		return fail_local(c, rc, "cannot build the request");
 	return op_header(c, op, "content-md5", b64);
+}
+
+/* The payload hash of object data: the caller's (or computed), or none when not signed. */
+static const char *data_hash(const struct s3_client *c, const char *sha256_hex)
+{
+	return c->sign_data ? sha256_hex : unsigned_payload;
 }
 
 /* The headers of a new object: its type, If-None-Match: * when asked, x-amz-meta-*. */
@@ -1349,6 +1364,7 @@ int s3_client_new_err(const struct s3_config *cfg, struct s3_client **out, char 
 	if (rc)
 		goto fail;
 	c->insecure = cfg->insecure;
+	c->sign_data = cfg->payload_signing > 0 || (cfg->payload_signing == 0 && !c->https);
 	c->max_attempts = cfg->max_attempts > 0 ? cfg->max_attempts : 8;
 	c->retry_max_seconds = cfg->retry_max_seconds > 0 ? cfg->retry_max_seconds : 120;
 	c->retry_base_seconds = cfg->retry_base_seconds > 0 ? cfg->retry_base_seconds : 0.2;
@@ -1408,6 +1424,11 @@ const char *s3_client_error(const struct s3_client *c)
 long s3_client_http_status(const struct s3_client *c)
 {
 	return c->http_status;
+}
+
+int s3_client_signs_data(const struct s3_client *c)
+{
+	return c->sign_data;
 }
 
 void s3_client_set_cancel(struct s3_client *c, const atomic_int *flag)
@@ -1511,7 +1532,7 @@ int s3_put_object(struct s3_client *c, const char *key, const void *body, size_t
 	if (rc)
 		return rc;
 	op.rq.check = check_etag;
-	rc = op_body(c, &op, body, len, md5, sha256_hex);
+	rc = op_body(c, &op, body, len, md5, data_hash(c, sha256_hex));
 	if (!rc)
 		rc = op_object_headers(c, &op, if_none_match, meta, nmeta);
 	if (!rc)
@@ -1599,7 +1620,7 @@ int s3_mpu_put_part(struct s3_client *c, const char *key, const char *upload_id,
 	snprintf(pn, sizeof(pn), "%" PRIu32, partno);
 	op_query(&op, "partNumber", pn);
 	op.rq.check = check_etag;
-	rc = op_body(c, &op, body, len, md5, sha256_hex);
+	rc = op_body(c, &op, body, len, md5, data_hash(c, sha256_hex));
 	if (!rc)
 		rc = op_run(c, &op);
 	return op_done(&op, rc, etag_out);

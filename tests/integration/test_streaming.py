@@ -181,9 +181,12 @@ def roundtrip(mount, tmp_path, name, data, options, ctype, part_size):
 @pytest.mark.parametrize("size, parts", [
     (0, 0), (MIB - 1, 0), (MIB, 0), (MIB + 1, 2),
 ], ids=["0", "part-1", "part", "part+1"])
-def test_part_boundary_uncompressed(mount, tmp_path, size, parts):
+@pytest.mark.parametrize("signing", ["auto", "no"])
+def test_part_boundary_uncompressed(mount, tmp_path, size, parts, signing):
+    """payload_signing=no: UNSIGNED-PAYLOAD, the server checks Content-MD5 alone."""
     data = mixed(size, seed=size)
-    opts = {"compression": "none", "part_size": "1M", "parts_in_flight": 4}
+    opts = {"compression": "none", "part_size": "1M", "parts_in_flight": 4,
+            "payload_signing": signing}
     _, blob, etag = roundtrip(mount, tmp_path, "raw.bin", data, opts, "none", MIB)
     assert blob == data
     if parts:

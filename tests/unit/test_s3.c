@@ -221,7 +221,8 @@ static void script(const struct mresp *r, int n)
 /* ------------------------------------------------------------------ */
 /* fixtures */
 
-static struct s3_client *client_with(const char *endpoint, int max_attempts, const char *token)
+static struct s3_client *client_signing(const char *endpoint, int max_attempts, const char *token,
+					int payload_signing)
 {
 	struct s3_config cfg;
 	struct s3_client *c = NULL;
@@ -236,8 +237,14 @@ static struct s3_client *client_with(const char *endpoint, int max_attempts, con
 	cfg.max_attempts = max_attempts;
 	cfg.retry_base_seconds = 0.001;
 	cfg.retry_max_seconds = 5;
+	cfg.payload_signing = payload_signing;
 	assert_int_equal(s3_client_new(&cfg, &c), 0);
 	return c;
+}
+
+static struct s3_client *client_with(const char *endpoint, int max_attempts, const char *token)
+{
+	return client_signing(endpoint, max_attempts, token, 0);
 }
 
 static int setup(void **state)
@@ -880,6 +887,56 @@ static void test_virtual_hosted_and_token(void **state)
 	s3_client_free(c);
 }
 
+/*
+ * payload_signing: object data (PUT, UploadPart) carries its signed sha256
+ * over http and UNSIGNED-PAYLOAD over https (auto, as the AWS CLI), or as
+ * set; Content-MD5 either way, and other bodies (XML) are always signed.
+ */
+static void test_payload_signing(void **state)
+{
+	static const struct {
+		const char *endpoint;
+		int setting, signs;
+	} cases[] = {
+		{ "http://127.0.0.1:7480", 0, 1 },
+		{ "https://127.0.0.1:7480", 0, 0 },
+		{ "http://127.0.0.1:7480", -1, 0 },
+		{ "https://127.0.0.1:7480", 1, 1 },
+	};
+	const struct mresp r[] = {
+		{ CURLE_OK, 200, NULL, NULL, 1, 0 },
+		{ CURLE_OK, 200, NULL, NULL, 1, 0 },
+		{ CURLE_OK, 200, NULL, NULL, 0, 0 },
+	};
+	const char *hello = "x-amz-content-sha256: 2cf24dba5fb0a30e26e83b2ac5b9e29e"
+			    "1b161e5c1fa7425e73043362938b9824\n";
+	char etag[S3_ETAG_MAX];
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct s3_client *c = client_signing(cases[i].endpoint, 1, NULL, cases[i].setting);
+
+		assert_int_equal(s3_client_signs_data(c), cases[i].signs);
+		script(r, 3);
+		assert_int_equal(s3_put_object(c, "a", "hello", 5, NULL, NULL, 0, NULL, 0, etag),
+				 0);
+		assert_int_equal(s3_mpu_put_part(c, "a", "up-1", 1, "hello", 5, NULL, NULL, etag),
+				 0);
+		assert_int_equal(s3_put_tag(c, "a", "mgmt-sha256", "00ff"), 0);
+		for (int k = 0; k < 2; k++) {
+			assert_non_null(strstr(mk.sent_headers[k],
+					       "content-md5: XUFAKrxLKna5cZ2REBfFkg==\n"));
+			if (cases[i].signs)
+				assert_non_null(strstr(mk.sent_headers[k], hello));
+			else
+				assert_non_null(strstr(mk.sent_headers[k],
+						       "x-amz-content-sha256: UNSIGNED-PAYLOAD\n"));
+		}
+		assert_null(strstr(mk.sent_headers[2], "UNSIGNED-PAYLOAD"));
+		s3_client_free(c);
+	}
+}
+
 static void test_config_errors(void **state)
 {
 	struct s3_config cfg;
@@ -992,6 +1049,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
 		cmocka_unit_test(test_retry_budget),
 		cmocka_unit_test(test_virtual_hosted_and_token),
+		cmocka_unit_test(test_payload_signing),
 		cmocka_unit_test(test_config_errors),
 		cmocka_unit_test(test_multipart_etag),
 		cmocka_unit_test(test_xml_and_verdict),
