@@ -592,9 +592,9 @@ def big_uncompressed():
               "(settle=0, fresh mount per run). curl: one SigV4 PUT of the whole "
               "file, no multipart (UNSIGNED-PAYLOAD: the server's ceiling; "
               "the signed-payload variant hashes the file first). "
-              "mgmtfs signs the sha256 of each part over http (payload_signing=auto, "
-              "as the AWS CLI does; RGW then hashes every byte too); the "
-              "payload_signing=no row sends UNSIGNED-PAYLOAD with Content-MD5, as over https. "
+              "mgmtfs signs the sha256 of each part (the default, payload_signing=yes; "
+              "RGW then hashes every byte too); the payload_signing=no row sends "
+              "UNSIGNED-PAYLOAD with Content-MD5, as the AWS CLI does over https. "
               "mgmtfs ÷ tool < 1 means mgmtfs took less time.", size=1 << 30)
     t.add("m", "mgmtfs compression=none",
           lambda r: mgmtfs_put_file(BIG, fresh_prefix("bigu-mgmtfs", r),

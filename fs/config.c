@@ -58,9 +58,9 @@ static const char usage_text[] =
 	"  endpoint=URL           S3 endpoint (AWS_ENDPOINT_URL)\n"
 	"  region=R               (AWS_REGION) default us-east-1\n"
 	"  addressing=auto|path|virtual   default auto (path for IPs, localhost)\n"
-	"  payload_signing=auto|yes|no    sign the sha256 of uploaded data; auto\n"
-	"                         (default): over http, not over https (TLS\n"
-	"                         guards it; Content-MD5 is always sent)\n"
+	"  payload_signing=yes|no sign the sha256 of uploaded data, default yes;\n"
+	"                         no: UNSIGNED-PAYLOAD, Content-MD5 alone guards\n"
+	"                         it (less CPU on both sides; meant for https)\n"
 	"  ignore=GLOB[:GLOB...]  names never uploaded (besides .*, *.part,\n"
 	"                         *.tmp, *~)\n"
 	"  max_attempts=N         tries per request, default 8\n"
@@ -315,15 +315,13 @@ static int apply(struct mgmtfs_config *cfg, const char *key, const char *val, co
 			return fail(err, errlen, "addressing='%s' in %s: use auto, path or virtual",
 				    val, src);
 	} else if (!strcmp(key, "payload_signing")) {
-		if (!strcmp(val, "auto"))
-			cfg->payload_signing = 0;
-		else if (!strcmp(val, "yes"))
-			cfg->payload_signing = 1;
+		if (!strcmp(val, "yes"))
+			cfg->unsigned_payload = 0;
 		else if (!strcmp(val, "no"))
-			cfg->payload_signing = -1;
+			cfg->unsigned_payload = 1;
 		else
-			return fail(err, errlen, "payload_signing='%s' in %s: use auto, yes or no",
-				    val, src);
+			return fail(err, errlen, "payload_signing='%s' in %s: use yes or no", val,
+				    src);
 	} else if (!strcmp(key, "ignore")) {
 		rc = set_ignore(cfg, val);
 	} else if (!strcmp(key, "hold")) {
@@ -725,7 +723,7 @@ void cfg_s3_config(const struct mgmtfs_config *cfg, struct s3_config *out)
 		.secret_key = cfg->secret_key,
 		.session_token = cfg->session_token,
 		.path_style = cfg->path_style,
-		.payload_signing = cfg->payload_signing,
+		.unsigned_payload = cfg->unsigned_payload,
 		.insecure = cfg->insecure,
 		.max_attempts = cfg->max_attempts,
 		.retry_max_seconds = cfg->retry_max_seconds,

@@ -38,7 +38,7 @@ struct mgmtfs_config {
 	char *secret_key;	/* owned, wiped at free */
 	char *session_token;	/* owned, wiped at free, may be NULL */
 	int path_style;		/* -1 auto */
-	int payload_signing;	/* s3_config's: 0 auto, 1 yes, -1 no */
+	int unsigned_payload;	/* payload_signing=no */
 	int insecure;
 	int max_attempts;
 	double retry_max_seconds;

@@ -77,7 +77,7 @@ struct s3_client {
 	struct s3_secrets sec;
 	int https;
 	int insecure;
-	int sign_data; /* object data's sha256 signed (s3_config.payload_signing) */
+	int sign_data; /* object data's sha256 signed (!s3_config.unsigned_payload) */
 	int max_attempts;
 	double retry_max_seconds;
 	double retry_base_seconds;
@@ -1364,7 +1364,7 @@ int s3_client_new_err(const struct s3_config *cfg, struct s3_client **out, char 
 	if (rc)
 		goto fail;
 	c->insecure = cfg->insecure;
-	c->sign_data = cfg->payload_signing > 0 || (cfg->payload_signing == 0 && !c->https);
+	c->sign_data = !cfg->unsigned_payload;
 	c->max_attempts = cfg->max_attempts > 0 ? cfg->max_attempts : 8;
 	c->retry_max_seconds = cfg->retry_max_seconds > 0 ? cfg->retry_max_seconds : 120;
 	c->retry_base_seconds = cfg->retry_base_seconds > 0 ? cfg->retry_base_seconds : 0.2;

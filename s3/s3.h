@@ -50,10 +50,9 @@ struct s3_config {
 	int path_style;		  /* 1 path-style, 0 virtual-hosted, -1 auto: path-style for
 				     IP addresses and localhost, virtual-hosted otherwise */
 	int insecure;		  /* 1: do not verify TLS certificates */
-	int payload_signing;	  /* object data (PUT, UploadPart): 1 its sha256 is signed
-				     (x-amz-content-sha256), -1 UNSIGNED-PAYLOAD, 0 auto:
-				     signed over http, not over https (TLS guards it), as
-				     the AWS CLI does.  Content-MD5 is sent either way. */
+	int unsigned_payload;	  /* 1: object data (PUT, UploadPart) goes as UNSIGNED-PAYLOAD,
+				     guarded by Content-MD5 alone; 0 (default): its sha256 is
+				     signed (x-amz-content-sha256) as every other body's */
 	int max_attempts;	  /* per request, default 8 when 0 */
 	double retry_max_seconds; /* total time spent in backoff sleeps, default 120 when 0 */
 	double retry_base_seconds; /* first backoff cap, default 0.2 when 0 */
@@ -105,7 +104,7 @@ void s3_global_cleanup(void);
 const char *s3_client_error(const struct s3_client *c);
 /* HTTP status of the last response (0 if none). */
 long s3_client_http_status(const struct s3_client *c);
-/* Is object data's sha256 signed (payload_signing)?  If not, callers need not make it. */
+/* Is object data's sha256 signed (not unsigned_payload)?  If not, callers need not make it. */
 int s3_client_signs_data(const struct s3_client *c);
 
 /*

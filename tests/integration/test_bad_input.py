@@ -184,7 +184,7 @@ CASES = {
     "addressing-sideways": (opt(addressing="sideways"),
                             "addressing='sideways' in -o: use auto, path or virtual"),
     "payload-signing-maybe": (opt(payload_signing="maybe"),
-                              "payload_signing='maybe' in -o: use auto, yes or no"),
+                              "payload_signing='maybe' in -o: use yes or no"),
     "missing-mountpoint": (no_mountpoint, "no mountpoint: mgmtfs MOUNTPOINT -o bucket=NAME"),
     "mountpoint-not-a-directory": (mountpoint_is_file, None),
     "two-mountpoints": (two_mountpoints, None),

@@ -222,7 +222,7 @@ static void script(const struct mresp *r, int n)
 /* fixtures */
 
 static struct s3_client *client_signing(const char *endpoint, int max_attempts, const char *token,
-					int payload_signing)
+					int unsigned_payload)
 {
 	struct s3_config cfg;
 	struct s3_client *c = NULL;
@@ -237,7 +237,7 @@ static struct s3_client *client_signing(const char *endpoint, int max_attempts, 
 	cfg.max_attempts = max_attempts;
 	cfg.retry_base_seconds = 0.001;
 	cfg.retry_max_seconds = 5;
-	cfg.payload_signing = payload_signing;
+	cfg.unsigned_payload = unsigned_payload;
 	assert_int_equal(s3_client_new(&cfg, &c), 0);
 	return c;
 }
@@ -888,20 +888,20 @@ static void test_virtual_hosted_and_token(void **state)
 }
 
 /*
- * payload_signing: object data (PUT, UploadPart) carries its signed sha256
- * over http and UNSIGNED-PAYLOAD over https (auto, as the AWS CLI), or as
- * set; Content-MD5 either way, and other bodies (XML) are always signed.
+ * Object data (PUT, UploadPart) carries its signed sha256 unless the client
+ * is made with unsigned_payload (payload_signing=no): UNSIGNED-PAYLOAD, over
+ * http or https; Content-MD5 either way, and other bodies (XML) are signed.
  */
 static void test_payload_signing(void **state)
 {
 	static const struct {
 		const char *endpoint;
-		int setting, signs;
+		int unsigned_payload, signs;
 	} cases[] = {
 		{ "http://127.0.0.1:7480", 0, 1 },
-		{ "https://127.0.0.1:7480", 0, 0 },
-		{ "http://127.0.0.1:7480", -1, 0 },
-		{ "https://127.0.0.1:7480", 1, 1 },
+		{ "https://127.0.0.1:7480", 0, 1 },
+		{ "http://127.0.0.1:7480", 1, 0 },
+		{ "https://127.0.0.1:7480", 1, 0 },
 	};
 	const struct mresp r[] = {
 		{ CURLE_OK, 200, NULL, NULL, 1, 0 },
@@ -914,7 +914,8 @@ static void test_payload_signing(void **state)
 
 	(void)state;
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-		struct s3_client *c = client_signing(cases[i].endpoint, 1, NULL, cases[i].setting);
+		struct s3_client *c =
+			client_signing(cases[i].endpoint, 1, NULL, cases[i].unsigned_payload);
 
 		assert_int_equal(s3_client_signs_data(c), cases[i].signs);
 		script(r, 3);
