@@ -39,7 +39,7 @@ int arc_sample_compressible(int fd, uint64_t size, int level)
 	const uint64_t whole = (uint64_t)ARC_SAMPLE_CHUNK * ARC_SAMPLE_COUNT;
 	unsigned char *in = NULL, *out = NULL;
 	uint64_t total_in = 0, total_out = 0;
-	size_t out_cap;
+	size_t out_cap, want;
 	z_stream zs;
 	int zs_ready = 0, i, count, rc;
 
@@ -53,16 +53,17 @@ int arc_sample_compressible(int fd, uint64_t size, int level)
 	if (deflateInit2(&zs, level, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY) != Z_OK)
 		return -ENOMEM;
 	zs_ready = 1;
-	out_cap = deflateBound(&zs, size < whole ? (uLong)size : ARC_SAMPLE_CHUNK);
-	in = malloc(size < whole ? (size_t)size : ARC_SAMPLE_CHUNK);
+	/* one piece: the whole file when it fits in the sample, else a chunk */
+	count = size <= whole ? 1 : ARC_SAMPLE_COUNT;
+	want = count == 1 ? (size_t)size : ARC_SAMPLE_CHUNK;
+	out_cap = deflateBound(&zs, (uLong)want);
+	in = malloc(want);
 	out = malloc(out_cap);
 	if (!in || !out) {
 		rc = -ENOMEM;
 		goto out;
 	}
-	count = size <= whole ? 1 : ARC_SAMPLE_COUNT;
 	for (i = 0; i < count; i++) {
-		size_t want = size <= whole ? (size_t)size : ARC_SAMPLE_CHUNK;
 		uint64_t off = count == 1 ? 0 : (size - want) / (uint64_t)(count - 1) * (uint64_t)i;
 		ssize_t got = read_at(fd, in, want, off);
 

@@ -646,6 +646,8 @@ static void test_auto(void **state)
 		{ TEXT, 1u << 20, ARC_TAR_GZ },
 		{ RANDOM, 100, ARC_TAR_GZ },	/* under 4 KiB: always tar.gz */
 		{ RANDOM, 100000, ARC_TAR },	/* one sample, the whole file */
+		{ RANDOM, 262144, ARC_TAR },	/* exactly the sample: read whole */
+		{ RANDOM, 262145, ARC_TAR },	/* one byte more: four chunks */
 	};
 	size_t i;
 
