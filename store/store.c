@@ -321,6 +321,22 @@ static int map_resize(struct store *st, size_t seen, size_t size)
 	return rc;
 }
 
+/*
+ * Free the reader slots of processes that died inside a read txn: each pins
+ * the snapshot it saw, so the map grows instead of reusing freed pages, and
+ * 126 of them make every new txn fail.  Returns how many were freed.
+ */
+static int clear_dead_readers(struct store *st)
+{
+	int dead = 0;
+
+	if (mdb_reader_check(st->env, &dead) != 0)
+		return 0;
+	if (dead > 0)
+		mgmtfs_debug("store: freed %d reader slots of dead processes", dead);
+	return dead;
+}
+
 /* Begin a txn holding resize_lock shared; end it with txn_end() or commit + unlock. */
 static int txn_begin(struct store *st, unsigned int flags, MDB_txn **txn, size_t *seen_out)
 {
@@ -337,7 +353,15 @@ static int txn_begin(struct store *st, unsigned int flags, MDB_txn **txn, size_t
 			return 0;
 		}
 		pthread_rwlock_unlock(&st->resize_lock);
-		if (rc != MDB_MAP_RESIZED || tries >= MAX_RETRIES)
+		if (tries >= MAX_RETRIES)
+			return rc;
+		if (rc == MDB_READERS_FULL) {
+			/* slots of killed readers (a CLI's kill -9) free only this way */
+			if (clear_dead_readers(st) == 0)
+				return rc;
+			continue;
+		}
+		if (rc != MDB_MAP_RESIZED)
 			return rc;
 		rc = map_resize(st, seen, 0);
 		if (rc)
@@ -361,7 +385,7 @@ static int store_write(struct store *st, write_fn fn, void *arg)
 {
 	MDB_txn *txn = NULL;
 	size_t seen = 0;
-	int tries, rc;
+	int tries, cleared = 0, rc;
 
 	if (st->readonly)
 		return -EROFS;
@@ -377,6 +401,11 @@ static int store_write(struct store *st, write_fn fn, void *arg)
 		pthread_rwlock_unlock(&st->resize_lock);
 		if (rc != MDB_MAP_FULL || tries >= MAX_RETRIES)
 			break;
+		if (!cleared) {
+			cleared = 1;	/* pages a dead reader pinned may be enough */
+			if (clear_dead_readers(st) > 0)
+				continue;
+		}
 		if (seen > SIZE_MAX / 2)
 			break;
 		rc = map_resize(st, seen, seen * 2);
@@ -416,7 +445,7 @@ int store_open_mapsize(const char *dir, int readonly, size_t mapsize, struct sto
 	MDB_envinfo info;
 	struct stat sb;
 	char path[STORE_PATH_MAX];
-	int locked = 0, lock_init = 0, dead, rc;
+	int locked = 0, lock_init = 0, rc;
 
 	if (!readonly && mkdir(dir, 0700) && errno != EEXIST)
 		return -errno;
@@ -461,7 +490,7 @@ int store_open_mapsize(const char *dir, int readonly, size_t mapsize, struct sto
 	if (rc)
 		goto fail;
 	if (!readonly) {
-		mdb_reader_check(st->env, &dead);	/* slots of killed CLIs */
+		clear_dead_readers(st);	/* slots of killed CLIs */
 		rc = mdb_env_info(st->env, &info);
 		if (rc == 0 && info.me_mapsize < mapsize)
 			rc = mdb_env_set_mapsize(st->env, mapsize);
@@ -517,6 +546,7 @@ int store_sync(struct store *st)
 {
 	if (st->readonly)
 		return 0;
+	clear_dead_readers(st);	/* the daemon calls this every second */
 	return store_errno(mdb_env_sync(st->env, 1));
 }
 

@@ -88,6 +88,7 @@ void store_close(struct store *st);	/* NULL is a no-op */
  * lose the last second.  Returns 0 or -errno.
  */
 int store_set_lazy_sync(struct store *st, int lazy);
+/* Also frees the reader slots of processes killed inside a read txn. */
 int store_sync(struct store *st);
 
 /*

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <lmdb.h>
 
 #include "store/store.h"
 #include "store/store_i.h"
@@ -873,6 +874,43 @@ static void test_other_process_grows_map(void **state)
 	free(out);
 }
 
+/* A CLI killed inside a read txn: its reader slot stays, marked with its pid. */
+static int child_dies_reading(const char *dir)
+{
+	MDB_env *env;
+	MDB_txn *txn;
+
+	if (mdb_env_create(&env) || mdb_env_open(env, dir, MDB_RDONLY, 0600) ||
+	    mdb_txn_begin(env, NULL, MDB_RDONLY, &txn))
+		return 1;
+	_exit(0);	/* no abort, no close: the slot is left behind */
+}
+
+static void test_dead_readers_are_freed(void **state)
+{
+	struct fixture *f = *state;
+	struct store_record *out = malloc(sizeof(*out));
+	int i;
+
+	assert_int_equal(put_new(f->st, "pending/a", STORE_QUEUED), 1);
+	for (i = 0; i < 126; i++) {	/* LMDB's default: 126 slots */
+		pid_t pid = fork();
+		int wst = 0;
+
+		assert_true(pid >= 0);
+		if (pid == 0)
+			_exit(child_dies_reading(f->dir));
+		assert_int_equal(waitpid(pid, &wst, 0), pid);
+		assert_true(WIFEXITED(wst) && WEXITSTATUS(wst) == 0);
+	}
+	/* every slot is a dead pid's: reading frees them instead of -EAGAIN */
+	assert_int_equal(store_get(f->st, 1, out), 0);
+	assert_string_equal(out->original_path, "pending/a");
+	assert_int_equal(store_sync(f->st), 0);
+	assert_int_equal(put_new(f->st, "pending/b", STORE_QUEUED), 2);
+	free(out);
+}
+
 /* Several threads writing and reading one handle while the map grows. */
 struct worker {
 	struct store *st;
@@ -950,6 +988,7 @@ int main(void)
 		cmocka_unit_test(test_format_time_and_status_names),
 		cmocka_unit_test_setup_teardown(test_map_full_grows, setup_dir, teardown),
 		cmocka_unit_test_setup_teardown(test_other_process_grows_map, setup_dir, teardown),
+		cmocka_unit_test_setup_teardown(test_dead_readers_are_freed, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_threads_share_handle_while_map_grows, setup_dir,
 						teardown),
 	};
