@@ -332,6 +332,11 @@ static int retry_one(struct cli *c, uint64_t id, const char *what)
 		fprintf(stderr, "mgmtfs: error: '%s' is %s, not failed: nothing to retry\n",
 			rec->original_path, store_status_name(rec->status));
 		ret = 1;
+	} else if (rec->flags & STORE_F_WRITE_FAILED) {
+		fprintf(stderr, "mgmtfs: error: '%s' is incomplete (a write into it failed): "
+			"retrying would upload it truncated; write it again\n",
+			rec->original_path);
+		ret = 1;
 	} else {
 		rec->status = STORE_QUEUED;
 		rec->error[0] = '\0';

@@ -326,6 +326,7 @@ static int requeue_fn(struct store_record *rec, void *arg)
 
 	rec->status = STORE_QUEUED;
 	rec->error[0] = '\0';
+	rec->flags &= ~STORE_F_WRITE_FAILED;	/* written again */
 	rec->original_size = q->size;
 	rec->progress_done = 0;
 	rec->progress_total = 0;
@@ -403,6 +404,7 @@ static int write_failed_fn(struct store_record *rec, void *arg)
 	char eb[128];
 
 	rec->status = STORE_FAILED;
+	rec->flags |= STORE_F_WRITE_FAILED;
 	snprintf(rec->error, sizeof(rec->error),
 		 "writing 'pending/%s' failed (%s): the file is incomplete and was not "
 		 "uploaded; free space if needed and write it again",
@@ -429,6 +431,9 @@ void engine_unit_write_failed(struct engine *e, const char *name, int err)
 		else if (u && u->state == U_READY) {
 			ready_remove(e, u);
 			unit_remove(e, u);
+		} else if (u && u->state == U_RUNNING) {
+			atomic_store(&u->cancel, 1);
+			u->again = 0;
 		}
 	}
 	pthread_mutex_unlock(&e->lock);
@@ -1369,6 +1374,8 @@ static int start_fn(struct store_record *rec, void *arg)
 
 	if (rec->status != STORE_QUEUED && rec->status != STORE_UPLOADING)
 		return 1;	/* retried or removed meanwhile: nothing to do */
+	if (rec->flags & STORE_F_WRITE_FAILED)
+		return 1;	/* an incomplete file is never uploaded */
 	s->ok = 1;
 	s->generation = rec->generation;
 	rec->status = STORE_UPLOADING;
@@ -1415,6 +1422,11 @@ static int fail_fn(struct store_record *rec, void *arg)
 {
 	const struct fail_arg *f = arg;
 
+	if (rec->flags & STORE_F_WRITE_FAILED) {
+		/* a write failed during the upload: the record says so and stays failed */
+		rec->upload_id[0] = '\0';
+		return 0;
+	}
 	rec->status = f->status;
 	snprintf(rec->error, sizeof(rec->error), "%s", f->r->error);
 	snprintf(rec->upload_id, sizeof(rec->upload_id), "%s", f->r->upload_id);

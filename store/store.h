@@ -64,7 +64,11 @@ struct store_record {
 	/* internal, for resuming (not shown as xattrs) */
 	char upload_id[512];		/* multipart upload in flight, "" if none */
 	uint64_t generation;		/* bumped each time the unit is queued again */
+	uint32_t flags;			/* STORE_F_* */
 };
+
+/* The local file is incomplete (a write into it failed): only writing it again requeues it. */
+#define STORE_F_WRITE_FAILED 0x1u
 
 /* Names and values of the public fields, in the SPEC's order. */
 extern const char *const store_field_names[];	/* NULL-terminated */

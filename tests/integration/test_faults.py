@@ -364,3 +364,36 @@ def test_enospc_fails_writer_and_uploads_nothing(small_fs, fault_proxy, mount, t
     assert_uploaded_once(m, "after.bin", data, tmp_path / "check")
     assert not fault_proxy.log().find(None, "/" + name + r"\.tar\.gz"), \
         "a request for the file that hit ENOSPC reached the server"
+
+
+def test_enospc_during_upload_stays_failed(small_fs, fault_proxy, mount, workdir, request):
+    """A file rewritten while its upload is in flight, and the rewrite hits
+    ENOSPC: the upload is cancelled and the truncated file is never uploaded,
+    neither by the cancelled upload's requeue nor by `mgmtfs retry --failed`."""
+    local = small_fs / "local"
+    db = workdir / f"db-{request.node.name}"  # the records are not on the full disk
+    db.mkdir()
+    local.mkdir()
+    (local / ".mgmt").symlink_to(db)
+    m = mount(proxied(fault_proxy, local_dir=local))
+    m.local = local
+    name = "rewritten.bin"
+    fault_proxy.set_rules([{"fault": "stall:600", "match": single_put_line(m, name),
+                            "first": 1}])
+    write_file(m.pending(name), data_of(SMALL, 21))
+    fault_proxy.wait_for("the PUT held", lambda lg: lg.held("PUT", single_put(m, name)))
+
+    written, err = write_until_error(m.pending(name), limit=64 << 20)
+    assert err is not None and err.errno == errno.ENOSPC, (written, err)
+    assert wait_refused(m, name) == "failed"
+
+    for retry in (False, True):
+        if retry:
+            out = m.cli("retry", "--failed").stderr.decode()
+            assert "write it again" in out, out
+        time.sleep(3)  # settle is 0.2 s here: a wrongly queued upload would have started
+        assert get_status(m.pending(name)) == "failed", f"after retry: {retry}"
+        assert "free space" in get_xattr(m.pending(name), "user.mgmt.error")
+        assert m.client.list_objects(m.bucket, m.prefix + "/") == []
+        assert not fault_proxy.log().find("PUT", single_put(m, name), 200), \
+            "the file that hit ENOSPC was uploaded"

@@ -112,6 +112,7 @@ static void rec_fill(struct store_record *r)
 	r->progress_total = 4000;
 	snprintf(r->upload_id, sizeof(r->upload_id), "upload-id-xyz");
 	r->generation = 9;
+	r->flags = STORE_F_WRITE_FAILED;
 }
 
 static uint64_t put_new(struct store *st, const char *orig, enum store_status status)
@@ -183,6 +184,7 @@ static void test_roundtrip_all_fields(void **state)
 	assert_int_equal(out->progress_total, 4000);
 	assert_string_equal(out->upload_id, "upload-id-xyz");
 	assert_int_equal(out->generation, 9);
+	assert_int_equal(out->flags, STORE_F_WRITE_FAILED);
 	assert_memory_equal(out, in, sizeof(*in));	/* nothing else differs */
 
 	/* negative timestamps survive too */
@@ -711,7 +713,8 @@ static void test_field_format(void **state)
 	expect_field(r, "error", "connection refused: check the endpoint");
 	expect_field(r, "progress", "1000/4000");
 	/* internal members and unknown names are not xattrs */
-	expect_field(r, "upload_id", NULL);
+	expect_field(r, "generation", NULL);
+	expect_field(r, "flags", NULL);
 	expect_field(r, "generation", NULL);
 	expect_field(r, "progress_done", NULL);
 	expect_field(r, "bogus", NULL);
