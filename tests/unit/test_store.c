@@ -713,7 +713,7 @@ static void test_field_format(void **state)
 	expect_field(r, "error", "connection refused: check the endpoint");
 	expect_field(r, "progress", "1000/4000");
 	/* internal members and unknown names are not xattrs */
-	expect_field(r, "generation", NULL);
+	expect_field(r, "upload_id", NULL);
 	expect_field(r, "flags", NULL);
 	expect_field(r, "generation", NULL);
 	expect_field(r, "progress_done", NULL);
