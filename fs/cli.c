@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "common/log.h"
+#include "common/utf8.h"
 
 static const char *const commands[] = { "list", "show",	"retry",   "status",
 					"stats", "hold", "resume", "rebuild", NULL };
@@ -67,18 +68,29 @@ static int usage_error(const char *fmt, ...)
 
 /* ---- output ------------------------------------------------------------- */
 
+/*
+ * A JSON string.  File names are bytes: a byte that is not part of valid
+ * UTF-8 becomes \udcXX (Python's surrogateescape: os.fsencode() gets the
+ * name back), so the output is always valid UTF-8.
+ */
 static void json_str(const char *s)
 {
-	putchar('"');
-	for (; *s; s++) {
-		unsigned char c = (unsigned char)*s;
+	const unsigned char *p = (const unsigned char *)s;
 
-		if (c == '"' || c == '\\')
-			printf("\\%c", c);
-		else if (c < 0x20)
-			printf("\\u%04x", c);
-		else
-			putchar(c);
+	putchar('"');
+	while (*p) {
+		size_t n = utf8_len(p);
+
+		if (n == 0) {
+			printf("\\udc%02x", *p++);
+		} else if (*p == '"' || *p == '\\') {
+			printf("\\%c", *p++);
+		} else if (*p < 0x20) {
+			printf("\\u%04x", *p++);
+		} else {
+			fwrite(p, 1, n, stdout);
+			p += n;
+		}
 	}
 	putchar('"');
 }

@@ -58,6 +58,7 @@
 #include "archive/arc.h"
 #include "common/digest.h"
 #include "common/log.h"
+#include "common/utf8.h"
 #include "s3/s3.h"
 
 #define RESCAN_SECONDS 1.0
@@ -526,9 +527,12 @@ void fs_numbered_name(const char *name, unsigned i, char *buf, size_t len)
 static void object_key(struct engine *e, const char *name, unsigned i, enum arc_format fmt,
 		       char *buf, size_t len)
 {
-	char base[PATH_MAX];
+	char base[PATH_MAX], utf8[PATH_MAX];
 	const char *prefix = e->cfg->prefix;
 
+	/* keys are UTF-8: a byte of another encoding becomes U+FFFD (the record keeps the name) */
+	if (utf8_sanitize(name, utf8, sizeof(utf8)))
+		name = utf8;
 	if (fmt == ARC_NONE) {
 		fs_numbered_name(name, i, base, sizeof(base));
 	} else if (i == 0) {

@@ -1,5 +1,6 @@
 """`mgmtfs list` and `mgmtfs show` against the records of a live mount."""
 import json
+import os
 import re
 import subprocess
 
@@ -28,7 +29,7 @@ def run_json(m, *args):
 def upload_all(mount, tmp_path, names):
     m = mount()
     for name in names:  # one after the other, so "newest" is well defined
-        m.drop(write_source(tmp_path, name, f"content of {name}\n".encode()))
+        m.drop(write_source(tmp_path, name, os.fsencode(f"content of {name}\n")))
         m.wait_completed(name)
     return m
 
@@ -42,6 +43,23 @@ def test_list_json_newest_first(mount, tmp_path):
     completed = run_json(m, "list", "--status", "completed")
     assert [r["id"] for r in completed] == [r["id"] for r in records]
     assert run_json(m, "list", "--status", "failed") == []
+
+
+def test_list_json_non_utf8_name(mount, tmp_path):
+    """A file name that is not UTF-8 still gives valid UTF-8 JSON, and the
+    name comes back byte for byte (\\udcXX, Python's surrogateescape)."""
+    raw = b"caf\xe9-\xc3\xa9-\xff.txt"
+    name = os.fsdecode(raw)
+    m = upload_all(mount, tmp_path, [name])
+    p = m.cli("list", "--json")
+    assert p.returncode == 0, p.stderr.decode(errors="replace")
+    records = json.loads(p.stdout.decode("utf-8"))  # strict: raises on a bad byte
+    assert [os.fsencode(r["original_path"]) for r in records] == [b"pending/" + raw]
+    assert os.fsencode(records[0]["completed_path"]) == b"completed/" + raw
+    # S3 keys are UTF-8: each stray byte became U+FFFD
+    key = records[0]["s3_object_key"]
+    assert key == m.prefix + "/caf\ufffd-\u00e9-\ufffd.txt.tar.gz", key
+    assert m.client.head_object(m.bucket, key) is not None
 
 
 SHOW_ARGS = {
