@@ -171,6 +171,13 @@ static int ents_add(struct arc_stream *s, size_t *cap, const char *rel, const ch
 		return (int)hl;
 	}
 	e->hdr_len = (size_t)hl;
+	{
+		/* most headers are one 512-byte block: keep only that per entry */
+		unsigned char *fit = realloc(e->hdr, e->hdr_len);
+
+		if (fit)
+			e->hdr = fit;
+	}
 	e->size = S_ISREG(st->st_mode) ? (uint64_t)st->st_size : 0;
 	s->nents++;
 	return 0;
