@@ -1337,6 +1337,17 @@ static int upload_unit(struct engine *e, struct s3_client *c, struct unit *u,
 		if (rc && !r->error[0])
 			snprintf(r->error, sizeof(r->error), "%s", s3_client_error(c));
 	} else {
+		if (!big) {
+			/*
+			 * The data fit in a part but the stream did not (a directory's
+			 * headers, data that grew in compression): take a multipart
+			 * upload's share of memory and its slot before sending parts.
+			 */
+			mem_hold(e, -(ssize_t)held, 0);
+			big = 1;
+			held = (size_t)(e->cfg->parts_in_flight + 1) * part_size;
+			mem_hold(e, (ssize_t)held, 1);
+		}
 		rc = upload_multi(e, c, u, rec, name, as, buf, part_size, psha, carry, &ph,
 				  part_size, fd, &st, meta, nmeta, r);
 		buf = NULL;	/* taken by the first part */

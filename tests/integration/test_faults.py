@@ -5,10 +5,12 @@ independent client (one object, a tar.gz of exactly the bytes written, no
 multipart upload left behind).  Nothing here measures time.
 """
 import errno
+import io
 import json
 import os
 import re
 import subprocess
+import tarfile
 import time
 import zlib
 
@@ -241,6 +243,42 @@ def test_buffer_memory_bounds_multipart_uploads_at_once(fault_proxy, mount, tmp_
         key = m.key(name)
         check_archive(m.client.get_object(m.bucket, key), name, data, MODE, MTIME,
                       tmp_path / name)
+    assert uploads_under(m) == []
+
+
+def test_directory_over_a_part_takes_a_multipart_share(fault_proxy, mount, tmp_path):
+    """Directories whose files add up to less than a part but whose tar
+    stream (a 512-byte header and padding per file) is more: each is a
+    multipart upload and waits for a multipart share of buffer_memory like
+    any other, instead of starting with one part's worth."""
+    m = mount(proxied(fault_proxy, buffer_memory="3M", uploads=4, stall_seconds=3,
+                      compression="tar", dir_settle="0.5"))
+    fault_proxy.set_rules([{"fault": "stall:600", "match": r"PUT .*\?partNumber=1&",
+                            "first": 1}])
+    trees = {}
+    for i in range(3):
+        src = tmp_path / f"tree{i}"
+        src.mkdir()
+        trees[f"tree{i}"] = files = {f"f{k:03}": data_of(1000, 100 * i + k) for k in range(700)}
+        assert sum(map(len, files.values())) < 1 << 20  # the data fits in a part
+        for rel, data in files.items():
+            (src / rel).write_bytes(data)
+    for name in trees:
+        subprocess.run(["cp", "-r", str(tmp_path / name), str(m.path("pending"))], check=True)
+    fault_proxy.wait_for("part 1 held", lambda lg: lg.held("PUT", PART.format(1)))
+    time.sleep(1.5)  # time for every tree to settle and start, if it could
+    started = len(fault_proxy.log().find("POST", CREATE, 200))
+    assert started == 1, f"{started} multipart uploads at once, 1 fits in 3M"
+
+    for name, files in trees.items():
+        m.wait_completed(name)
+        key = get_xattr(m.completed(name), "user.mgmt.s3_object_key")
+        assert key == f"{m.prefix}/{name}.tar", key
+        with tarfile.open(fileobj=io.BytesIO(m.client.get_object(m.bucket, key))) as tf:
+            got = {n[len(name) + 1:]: tf.extractfile(n).read()
+                   for n in tf.getnames() if n != name}
+        assert got == files, name
+    assert len(fault_proxy.log().find("POST", CREATE, 200)) == 3
     assert uploads_under(m) == []
 
 
