@@ -151,7 +151,15 @@ struct engine {
 	struct buf_pool small;	/* free buffers of small files' one PUT (SMALL_BUF) */
 	atomic_int warm;	/* the pool was filled for a multipart upload once */
 	pthread_cond_t big_cond;
+	struct gone_mpu *gone;	/* multipart uploads of removed units, protected by lock */
 	int started;
+};
+
+/* A multipart upload whose unit left pending/ while queued: aborted by the scheduler. */
+struct gone_mpu {
+	struct gone_mpu *next;
+	char key[STORE_KEY_MAX];
+	char upload_id[512];
 };
 
 int64_t fs_now(void)
@@ -450,10 +458,16 @@ void engine_unit_write_failed(struct engine *e, const char *name, int err)
 	}
 }
 
-/* Forget the queue entry of a unit that left pending/ (the record goes too). */
+/*
+ * Forget the queue entry of a unit that left pending/ (the record goes too).
+ * A multipart upload it had (one an unmount left to resume) is aborted by
+ * the scheduler within a second; if the daemon stops first, the next mount
+ * aborts it as an orphan.
+ */
 static void forget_record(struct engine *e, const char *name)
 {
 	struct store_record *rec = malloc(sizeof(*rec));
+	struct gone_mpu *g = NULL;
 	char rel[PATH_MAX];
 	uint64_t id;
 
@@ -462,10 +476,46 @@ static void forget_record(struct engine *e, const char *name)
 	pending_rel(name, rel, sizeof(rel));
 	pthread_mutex_lock(&e->fs->rec_lock);
 	if (!store_find_path(e->fs->st, rel, &id) && !store_get(e->fs->st, id, rec) &&
-	    status_active(rec->status) && !rec->upload_id[0])
+	    status_active(rec->status)) {
+		if (rec->upload_id[0] && rec->s3_object_key[0] && (g = calloc(1, sizeof(*g)))) {
+			snprintf(g->key, sizeof(g->key), "%s", rec->s3_object_key);
+			snprintf(g->upload_id, sizeof(g->upload_id), "%s", rec->upload_id);
+		}
 		store_delete(e->fs->st, id);
+		store_part_clear(e->fs->st, id);
+	}
 	pthread_mutex_unlock(&e->fs->rec_lock);
 	free(rec);
+	if (g) {
+		pthread_mutex_lock(&e->lock);
+		g->next = e->gone;
+		e->gone = g;
+		pthread_mutex_unlock(&e->lock);
+	}
+}
+
+/* Abort the multipart uploads forget_record() left.  Scheduler thread. */
+static void abort_gone(struct engine *e)
+{
+	struct s3_client *c = NULL;
+	struct gone_mpu *g;
+
+	pthread_mutex_lock(&e->lock);
+	g = e->gone;
+	e->gone = NULL;
+	pthread_mutex_unlock(&e->lock);
+	if (g && s3_client_new(&e->s3cfg, &c))
+		c = NULL;
+	while (g) {
+		struct gone_mpu *next = g->next;
+
+		if (c && s3_mpu_abort(c, g->key, g->upload_id) == 0)
+			mgmtfs_info("aborted the multipart upload of '%s': its file was removed",
+				    g->key);
+		free(g);
+		g = next;
+	}
+	s3_client_free(c);
 }
 
 void engine_unit_touched(struct engine *e, const char *name, int gone)
@@ -1841,6 +1891,7 @@ static void *sched_main(void *arg)
 		struct timespec ts;
 
 		if (now >= next_scan) {
+			abort_gone(e);
 			store_sync(e->fs->st);
 			poll_hold(e);
 			rescan(e, 0);
@@ -2015,6 +2066,12 @@ void engine_free(struct engine *e)
 	engine_stop(e);
 	while (e->units)
 		unit_remove(e, e->units);
+	while (e->gone) {	/* the next mount aborts them as orphans */
+		struct gone_mpu *g = e->gone;
+
+		e->gone = g->next;
+		free(g);
+	}
 	free(e->workers);
 	free(e->senders);
 	pthread_mutex_destroy(&e->lock);

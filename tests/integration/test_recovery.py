@@ -192,6 +192,34 @@ def test_unmount_mid_upload_then_resume(fault_proxy, mount, tmp_path):
     assert_uploaded_once(m, name, data, tmp_path / "check")
 
 
+def test_resumable_unit_removed_while_mounted_is_forgotten(fault_proxy, mount):
+    """A multipart upload an unmount left to resume, whose file is removed on
+    the next mount before it runs (held): its record goes at once and its
+    upload is aborted, not left queued until yet another mount."""
+    m = mount(proxied(fault_proxy, stall_seconds=HOLD))
+    name = "dropped.bin"
+    fault_proxy.set_rules([{"fault": f"stall:{HOLD}", "match": part_line([3, 4])}])
+    write_file(m.pending(name), data_of(MULTI_SIZE, 15))
+    fault_proxy.wait_for("parts 3 and 4 held",
+                         lambda lg: len(lg.held("PUT", r"\?partNumber=[34]&")) == 2)
+    assert m.stop() == []
+    fault_proxy.set_rules([])
+    assert len(uploads_under(m)) == 1
+
+    m.options["hold"] = True  # nothing runs: the unit stays queued with its upload
+    restart(m)
+    [rec] = json.loads(m.cli("list", "--json").stdout)
+    assert rec["status"] == "queued" and rec["original_path"] == "pending/" + name
+    os.unlink(m.pending(name))
+    assert json.loads(m.cli("list", "--json").stdout) == []
+    deadline = time.monotonic() + 10
+    while uploads_under(m):
+        assert time.monotonic() < deadline, "the upload of the removed file was not aborted"
+        time.sleep(0.1)
+    assert "its file was removed" in m.log()
+    assert m.client.list_objects(m.bucket, m.prefix + "/") == []
+
+
 def test_unit_removed_while_down_is_forgotten(fault_proxy, mount):
     """A queued multipart upload whose file is removed from the backing
     directory while no daemon runs: the next mount drops its record and
