@@ -423,7 +423,7 @@ def test_enospc_during_upload_stays_failed(small_fs, fault_proxy, mount, workdir
 
     written, err = write_until_error(m.pending(name), limit=64 << 20)
     assert err is not None and err.errno == errno.ENOSPC, (written, err)
-    assert wait_refused(m, name) == "failed"
+    wait_status(m.pending(name), "failed")  # it was uploading: wait_refused would not do
 
     for retry in (False, True):
         if retry:

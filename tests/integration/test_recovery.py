@@ -165,16 +165,23 @@ def test_kill9_after_record_before_move(fault_proxy, mount, tmp_path):
     assert "recovered: moved 'pending/" + name in m.log()
 
 
+def held_at_parts(fault_proxy, mount, name, seed, parts):
+    """Mount, drop pending/@name (multipart) and hold its @parts (two) on the wire."""
+    m = mount(proxied(fault_proxy, stall_seconds=HOLD))
+    fault_proxy.set_rules([{"fault": f"stall:{HOLD}", "match": part_line(parts)}])
+    data = data_of(MULTI_SIZE, seed)
+    write_file(m.pending(name), data)
+    held = "[" + "".join(map(str, parts)) + "]"
+    fault_proxy.wait_for(f"parts {parts} held",
+                         lambda lg: len(lg.held("PUT", rf"\?partNumber={held}&")) == 2)
+    return m, data
+
+
 def test_unmount_mid_upload_then_resume(fault_proxy, mount, tmp_path):
     """Unmounting while parts are in flight stops cleanly (exit 0, nothing
     aborted); the next mount resumes the same upload with the missing parts."""
-    m = mount(proxied(fault_proxy, stall_seconds=HOLD))
     name = "reel.bin"
-    fault_proxy.set_rules([{"fault": f"stall:{HOLD}", "match": part_line([3, 4])}])
-    data = data_of(MULTI_SIZE, 13)
-    write_file(m.pending(name), data)
-    fault_proxy.wait_for("parts 3 and 4 held",
-                         lambda lg: len(lg.held("PUT", r"\?partNumber=[34]&")) == 2)
+    m, data = held_at_parts(fault_proxy, mount, name, 13, [3, 4])
     errors = m.stop()
     assert errors == [], "\n".join(errors)
     assert not fault_proxy.log().find("DELETE", r"\?uploadId="), "aborted at unmount"
@@ -196,12 +203,8 @@ def test_resumable_unit_removed_while_mounted_is_forgotten(fault_proxy, mount):
     """A multipart upload an unmount left to resume, whose file is removed on
     the next mount before it runs (held): its record goes at once and its
     upload is aborted, not left queued until yet another mount."""
-    m = mount(proxied(fault_proxy, stall_seconds=HOLD))
     name = "dropped.bin"
-    fault_proxy.set_rules([{"fault": f"stall:{HOLD}", "match": part_line([3, 4])}])
-    write_file(m.pending(name), data_of(MULTI_SIZE, 15))
-    fault_proxy.wait_for("parts 3 and 4 held",
-                         lambda lg: len(lg.held("PUT", r"\?partNumber=[34]&")) == 2)
+    m, _ = held_at_parts(fault_proxy, mount, name, 15, [3, 4])
     assert m.stop() == []
     fault_proxy.set_rules([])
     assert len(uploads_under(m)) == 1
@@ -224,12 +227,8 @@ def test_unit_removed_while_down_is_forgotten(fault_proxy, mount):
     """A queued multipart upload whose file is removed from the backing
     directory while no daemon runs: the next mount drops its record and
     aborts its upload, so records, files and bucket agree."""
-    m = mount(proxied(fault_proxy, stall_seconds=HOLD))
     name = "gone.bin"
-    fault_proxy.set_rules([{"fault": f"stall:{HOLD}", "match": part_line([1, 2])}])
-    write_file(m.pending(name), data_of(MULTI_SIZE, 14))
-    fault_proxy.wait_for("parts 1 and 2 held",
-                         lambda lg: len(lg.held("PUT", r"\?partNumber=[12]&")) == 2)
+    m, _ = held_at_parts(fault_proxy, mount, name, 14, [1, 2])
     crash(m)
     fault_proxy.set_rules([])
     assert len(uploads_under(m)) == 1
