@@ -956,7 +956,13 @@ static struct s3_verdict attempt_once(struct s3_client *c, const struct s3_req *
 
 	cc = curl_easy_perform(e);
 	c->http_status = rs->status;
-	if (cc == CURLE_ABORTED_BY_CALLBACK || cancelled(c)) {
+	/*
+	 * A whole 2xx is judged even if the flag rose meanwhile: the server
+	 * has acted, and calling that cancelled would have the caller do it
+	 * again (a PUT with If-None-Match: * would then meet its own object).
+	 */
+	if (cc == CURLE_ABORTED_BY_CALLBACK ||
+	    (cancelled(c) && !(cc == CURLE_OK && rs->status >= 200 && rs->status < 300))) {
 		v.rc = -ECANCELED;
 		err_what(c, "cancelled");
 	} else if (cc != CURLE_OK) {

@@ -109,8 +109,9 @@ int s3_client_signs_data(const struct s3_client *c);
 
 /*
  * Cancellation: while *@flag is non-zero, a transfer in progress is cut and
- * the call returns -ECANCELED (backoff sleeps end at once too).  The flag is
- * borrowed; NULL removes it.
+ * the call returns -ECANCELED (backoff sleeps end at once too).  A 2xx
+ * received whole before the cut still counts: the server acted, the call
+ * succeeds.  The flag is borrowed; NULL removes it.
  */
 void s3_client_set_cancel(struct s3_client *c, const atomic_int *flag);
 

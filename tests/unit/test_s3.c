@@ -832,6 +832,26 @@ static void test_cancel(void **state)
 	s3_client_set_cancel(c, NULL);
 }
 
+/* The server said yes while the flag rose: the PUT is done, not cancelled. */
+static void test_cancel_after_2xx(void **state)
+{
+	struct s3_client *c = *state;
+	const struct mresp r[] = {
+		{ CURLE_OK, 200, NULL, NULL, 1, 1 },
+	};
+	atomic_int flag = 0;
+	char etag[S3_ETAG_MAX];
+
+	script(r, 1);
+	mk.cancel = &flag;
+	s3_client_set_cancel(c, &flag);
+	assert_int_equal(s3_put_object(c, "k", "hello", 5, NULL, NULL, 1, NULL, 0, etag), 0);
+	assert_string_equal(etag, MD5_HELLO);
+	assert_int_equal(mk.calls, 1);
+	assert_true(atomic_load(&flag));
+	s3_client_set_cancel(c, NULL);
+}
+
 static void test_retry_budget(void **state)
 {
 	struct s3_config cfg;
@@ -1048,6 +1068,7 @@ int main(void)
 		cmocka_unit_test(test_parse_time),
 		cmocka_unit_test_setup_teardown(test_get_resumes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_cancel_after_2xx, setup, teardown),
 		cmocka_unit_test(test_retry_budget),
 		cmocka_unit_test(test_virtual_hosted_and_token),
 		cmocka_unit_test(test_payload_signing),
