@@ -1191,7 +1191,7 @@ static int op_done(struct s3_op *op, int rc, char *etag_out)
 }
 
 /*
- * A lost response (see s3_put_object()): the call failed, but an earlier
+ * A lost response (see put_taken()): the call failed, but an earlier
  * attempt of it may have done its work.  If @key is there with ETag @want,
  * it did: 1, that ETag in @etag_out and no error.  Otherwise 0 and c->err
  * as the call left it.
@@ -1527,6 +1527,42 @@ static int check_etag(struct s3_client *c, const struct s3_req *rq, struct s3_re
 	return -1;
 }
 
+/*
+ * A 412 to a PUT with If-None-Match: *: the key is taken, perhaps by this
+ * very data.  The server may have stored a PUT of ours whose answer never
+ * came: an earlier attempt of this call (a reset after the body went out),
+ * or an earlier call whose process was killed, unmounted or gave up while
+ * it waited.  Nothing here remembers those, so every 412 is checked with a
+ * HEAD: an object with our MD5 as its ETag and our size is this upload (or
+ * the same bytes), and the PUT succeeded, its ETag in @etag_out.  Anything
+ * else there is not ours: -EEXIST, with the 412's text, and the caller
+ * takes another name.  A HEAD that cannot tell returns its own error, so
+ * a 412 is never taken for a taken key unseen.
+ */
+static int put_taken(struct s3_client *c, const struct s3_req *rq, char *etag_out)
+{
+	struct s3_object_info oi;
+	char saved[S3_ERROR_MAX], k[S3_ESC_MAX];
+	int rc;
+
+	memcpy(saved, c->err, sizeof(saved));
+	rc = s3_head_object(c, rq->key, &oi);
+	if (rc == 0 && oi.size == rq->len && strcasecmp(oi.etag, rq->md5_hex) == 0) {
+		mgmtfs_info("s3: PUT '%s': 412, but the object there has our MD5 and size: "
+			    "it is this upload, done",
+			    esc(rq->key, k, sizeof(k)));
+		memcpy(etag_out, oi.etag, S3_ETAG_MAX);
+		return 0;
+	}
+	if (rc == 0 || rc == -ENOENT) {
+		/* ENOENT: deleted since the 412; still not ours */
+		memcpy(c->err, saved, sizeof(c->err));
+		c->http_status = 412;
+		return -EEXIST;
+	}
+	return rc;
+}
+
 int s3_put_object(struct s3_client *c, const char *key, const void *body, size_t len,
 		  const unsigned char *md5, const char *sha256_hex, int if_none_match,
 		  const struct s3_meta *meta, size_t nmeta, char *etag_out)
@@ -1544,28 +1580,8 @@ int s3_put_object(struct s3_client *c, const char *key, const void *body, size_t
 	if (!rc)
 		rc = op_run(c, &op);
 
-	/*
-	 * A lost response: an earlier attempt of this very call may have been
-	 * stored by the server although we never saw its answer (a reset after
-	 * the body went out, a 5xx from a proxy, an ETag we could not check).
-	 * A plain PUT retried is idempotent, but with If-None-Match: * the
-	 * retry meets our own object and gets 412.  So a 412 that follows a
-	 * failed attempt of the same call is checked with a HEAD: if the
-	 * object there has our MD5, it is ours (or identical content), and
-	 * the PUT succeeded.  Otherwise the key really is taken: -EEXIST.
-	 */
-	if (rc == -EEXIST && if_none_match && op.rs.failed_before) {
-		if (lost_response_done(c, key, op.rq.md5_hex, op.rs.etag)) {
-			char k[S3_ESC_MAX];
-
-			mgmtfs_info("s3: PUT '%s': 412 after a lost response, but the object "
-				    "there has our MD5: done",
-				    esc(key, k, sizeof(k)));
-			rc = 0;
-		} else {
-			c->http_status = 412;
-		}
-	}
+	if (rc == -EEXIST && if_none_match)
+		rc = put_taken(c, &op.rq, op.rs.etag);
 	return op_done(&op, rc, etag_out);
 }
 

@@ -156,9 +156,12 @@ int s3_get_tag(struct s3_client *c, const char *key, const char *name, char *out
 /*
  * PUT @len bytes at @body as @key.  @md5 (16 bytes) and @sha256_hex (64
  * hex + NUL) may be NULL: they are computed then.  @if_none_match: send
- * If-None-Match: * and return -EEXIST if the key is taken.  @meta: @nmeta
- * x-amz-meta-* headers.  On success *etag_out (S3_ETAG_MAX) holds the ETag,
- * checked to be the MD5 of the body.
+ * If-None-Match: * and return -EEXIST if the key is taken by another
+ * object; every 412 is checked with a HEAD, and an object there with the
+ * body's MD5 as its ETag and its size is taken as this PUT done (an
+ * earlier one whose answer was lost).  @meta: @nmeta x-amz-meta-* headers.
+ * On success *etag_out (S3_ETAG_MAX) holds the ETag, checked to be the MD5
+ * of the body.
  */
 int s3_put_object(struct s3_client *c, const char *key, const void *body, size_t len,
 		  const unsigned char *md5, const char *sha256_hex, int if_none_match,

@@ -5,6 +5,7 @@ independent client (one object, a tar.gz of exactly the bytes written, no
 multipart upload left behind).  Nothing here measures time.
 """
 import errno
+import hashlib
 import io
 import json
 import os
@@ -16,8 +17,9 @@ import zlib
 
 import pytest
 
-from fault_tools import (MODE, MTIME, MULTI_SIZE, WAIT, assert_uploaded_once, data_of,
-                         fault_proxy, proxied, uploads_under, write_file, write_until_error)
+from fault_tools import (MODE, MTIME, MULTI_SIZE, WAIT, assert_uploaded_once, crash, data_of,
+                         fault_proxy, proxied, restart, uploads_under, write_file,
+                         write_until_error)
 from helpers import check_archive, get_status, get_xattr, wait_status
 
 assert fault_proxy  # a fixture, used by name
@@ -149,6 +151,90 @@ def test_wrong_secret_fails_at_once_then_retry(fault_proxy, mount, s3, tmp_path)
     m.wait_completed(name)
     assert_uploaded_once(m, name, data, tmp_path / "check")
     assert wrong not in m.log()
+
+
+@pytest.mark.parametrize("how", ["gave-up-then-retry", "unmount", "kill-9"])
+def test_lost_answer_of_single_put_is_not_uploaded_twice(fault_proxy, mount, tmp_path, how):
+    """The server stored the single PUT, but the daemon that sent it never
+    learnt so: its one attempt lost the answer and it gave up (then `mgmtfs
+    retry`), or it was unmounted or killed while it waited for the answer
+    (then mounted again).  The next PUT, If-None-Match: *, meets its own
+    object (412): that is the upload done, under the same key, not a key
+    taken that sends the same bytes again as NAME_1."""
+    hold = 600  # far longer than the test: the daemon goes first
+    name = "media.bin"
+    if how == "gave-up-then-retry":
+        m = mount(proxied(fault_proxy, max_attempts=1))
+        fault = "drop-response"
+    else:
+        m = mount(proxied(fault_proxy, stall_seconds=hold))
+        fault = f"hold-response:{hold}"
+    put = single_put(m, name)
+    fault_proxy.set_rules([{"fault": fault, "match": single_put_line(m, name), "first": 1}])
+    data = data_of(SMALL, 21)
+    write_file(m.pending(name), data)
+
+    if how == "gave-up-then-retry":
+        wait_status(m.pending(name), "failed")
+        assert fault_proxy.log().find("PUT", put, "200+RST"), "the fault was not injected"
+        p = m.cli("retry", str(m.pending(name)))
+        assert p.returncode == 0, diagnose(m, p, name)
+    else:
+        fault_proxy.wait_for("the answer of the PUT held", lambda lg: lg.held("PUT", put))
+        if how == "unmount":
+            assert m.stop() == []
+        else:
+            crash(m)
+        fault_proxy.wait_for("the held answer dropped",
+                             lambda lg: lg.find("PUT", put, "200+GONE"))
+        assert m.client.head_object(m.bucket, m.key(name)) is not None
+        restart(m)
+    m.wait_completed(name)
+
+    puts = [e[5] for e in fault_proxy.log().find("PUT", r"^/" + re.escape(m.bucket) + "/")]
+    assert puts[1:] == ["412"], f"PUTs after the lost answer: {puts}"
+    assert_uploaded_once(m, name, data, tmp_path / "check")
+
+
+def test_object_already_under_the_key(fault_proxy, mount, tmp_path):
+    """The key already holds an object before the upload starts.  Our very
+    bytes (what a kill -9 just after the server stored the PUT leaves, the
+    record none the wiser): that object is the upload, nothing is sent
+    again.  Other bytes: someone else's object, never overwritten; the
+    upload goes to NAME_1."""
+    name, other = "media.bin", "other.bin"
+    data = data_of(SMALL, 22)
+    # the bytes mgmtfs makes of the file: uploaded once through another mount
+    first = mount(proxied(fault_proxy))
+    write_file(first.pending(name), data)
+    first.wait_completed(name)
+    blob = first.client.get_object(first.bucket, first.key(name))
+
+    m = mount(proxied(fault_proxy))
+    m.client.put_object(m.bucket, m.key(name), blob)
+    foreign = b"someone else's object"
+    m.client.put_object(m.bucket, m.key(other), foreign)
+    mark = fault_proxy.mark()
+    write_file(m.pending(name), data)
+    m.wait_completed(name)
+    lg = fault_proxy.log(mark)
+    assert [e[5] for e in lg.find("PUT", single_put(m, name))] == ["412"]
+    done = m.completed(name)
+    assert get_xattr(done, "user.mgmt.status") == "completed"
+    assert get_xattr(done, "user.mgmt.s3_object_key") == m.key(name)
+    assert get_xattr(done, "user.mgmt.checksum") == "sha256:" + hashlib.sha256(data).hexdigest()
+    assert m.client.get_object(m.bucket, m.key(name)) == blob
+
+    other_data = data_of(SMALL, 23)
+    write_file(m.pending(other), other_data)
+    m.wait_completed(other)
+    taken = f"{m.prefix}/{other}_1.tar.gz"
+    assert get_xattr(m.completed(other), "user.mgmt.s3_object_key") == taken
+    assert m.client.get_object(m.bucket, m.key(other)) == foreign
+    check_archive(m.client.get_object(m.bucket, taken), other, other_data, MODE, MTIME,
+                  tmp_path / "check")
+    assert sorted(m.client.list_objects(m.bucket, m.prefix + "/")) == \
+        sorted([m.key(name), m.key(other), taken])
 
 
 def diagnose(m, p, name):

@@ -489,8 +489,9 @@ static void test_if_none_match(void **state)
 {
 	struct s3_client *c = *state;
 	const struct mresp r[] = {
-		/* a plain 412: the key is taken */
+		/* a plain 412, someone else's object there: the key is taken */
 		{ CURLE_OK, 412, NULL, ERRBODY("PreconditionFailed", "x"), 0, 0 },
+		{ CURLE_OK, 200, "ETag: \"0123\"\nContent-Length: 5\n", NULL, 0, 0 },
 		/* reset after the server stored it, 412 on the retry, HEAD shows our MD5 */
 		{ CURLE_RECV_ERROR, 0, NULL, NULL, 0, 0 },
 		{ CURLE_OK, 412, NULL, ERRBODY("PreconditionFailed", "x"), 0, 0 },
@@ -502,19 +503,68 @@ static void test_if_none_match(void **state)
 	};
 	char etag[S3_ETAG_MAX];
 
-	script(r, 7);
+	script(r, 8);
 	assert_int_equal(s3_put_object(c, "k", "hello", 5, NULL, NULL, 1, NULL, 0, etag), -EEXIST);
-	assert_int_equal(mk.calls, 1);
+	assert_int_equal(mk.calls, 2);
 	assert_non_null(strstr(mk.sent_headers[0], "if-none-match: *\n"));
 	assert_string_equal(s3_client_error(c),
 			    "412 PreconditionFailed: 'k' already exists in bucket 'test'");
+	assert_int_equal(s3_client_http_status(c), 412);
 	assert_int_equal(s3_put_object(c, "k", "hello", 5, NULL, NULL, 1, NULL, 0, etag), 0);
 	assert_string_equal(etag, MD5_HELLO);
-	assert_int_equal(mk.calls, 4);
+	assert_int_equal(mk.calls, 5);
 	assert_int_equal(s3_put_object(c, "k", "hello", 5, NULL, NULL, 1, NULL, 0, etag), -EEXIST);
-	assert_int_equal(mk.calls, 7);
+	assert_int_equal(mk.calls, 8);
 	assert_int_equal(s3_client_http_status(c), 412);
 	assert_non_null(strstr(s3_client_error(c), "already exists"));
+}
+
+/*
+ * A 412 with no failed attempt before it in the call: the PUT that stored
+ * the object was an earlier call's, whose answer was lost with the process
+ * (kill -9, an unmount that cut it).  The HEAD decides, by ETag and size.
+ */
+static void test_if_none_match_412_first(void **state)
+{
+	struct s3_client *c = *state;
+	const struct mresp r[] = {
+		/* ours: our MD5 and size, done under the same key */
+		{ CURLE_OK, 412, NULL, ERRBODY("PreconditionFailed", "x"), 0, 0 },
+		{ CURLE_OK, 200, "ETag: \"" MD5_HELLO "\"\nContent-Length: 5\n", NULL, 0, 0 },
+		/* another ETag: someone else's, the key is taken */
+		{ CURLE_OK, 412, NULL, ERRBODY("PreconditionFailed", "x"), 0, 0 },
+		{ CURLE_OK, 200, "ETag: \"" MD5_HELLO "0\"\nContent-Length: 5\n", NULL, 0, 0 },
+		/* our ETag but another size: not ours either */
+		{ CURLE_OK, 412, NULL, ERRBODY("PreconditionFailed", "x"), 0, 0 },
+		{ CURLE_OK, 200, "ETag: \"" MD5_HELLO "\"\nContent-Length: 6\n", NULL, 0, 0 },
+		/* the HEAD cannot say: its error, never "taken" */
+		{ CURLE_OK, 412, NULL, ERRBODY("PreconditionFailed", "x"), 0, 0 },
+		{ CURLE_OK, 503, NULL, NULL, 0, 0 },
+		{ CURLE_OK, 503, NULL, NULL, 0, 0 },
+		{ CURLE_OK, 503, NULL, NULL, 0, 0 },
+	};
+	char etag[S3_ETAG_MAX] = "";
+
+	script(r, 10);
+	assert_int_equal(s3_put_object(c, "k", "hello", 5, NULL, NULL, 1, NULL, 0, etag), 0);
+	assert_int_equal(mk.calls, 2);
+	assert_true(mk.nobody); /* the second was the HEAD */
+	assert_non_null(strstr(mk.sent_url[1], "/test/k"));
+	assert_string_equal(etag, MD5_HELLO);
+	assert_string_equal(s3_client_error(c), "");
+
+	assert_int_equal(s3_put_object(c, "k", "hello", 5, NULL, NULL, 1, NULL, 0, etag), -EEXIST);
+	assert_int_equal(mk.calls, 4);
+	assert_int_equal(s3_client_http_status(c), 412);
+	assert_string_equal(s3_client_error(c),
+			    "412 PreconditionFailed: 'k' already exists in bucket 'test'");
+
+	assert_int_equal(s3_put_object(c, "k", "hello", 5, NULL, NULL, 1, NULL, 0, etag), -EEXIST);
+	assert_int_equal(mk.calls, 6);
+
+	assert_int_equal(s3_put_object(c, "k", "hello", 5, NULL, NULL, 1, NULL, 0, etag), -EAGAIN);
+	assert_int_equal(mk.calls, 10);
+	assert_int_equal(s3_client_http_status(c), 503);
 }
 
 static void test_head_bucket_missing(void **state)
@@ -1058,6 +1108,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_complete_lost_response, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_etag_mismatch, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_if_none_match, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_if_none_match_412_first, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_head_bucket_missing, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_abort_gone_is_ok, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_create_and_meta, setup, teardown),
