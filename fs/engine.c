@@ -908,7 +908,10 @@ static int find_duplicate(struct engine *e, struct s3_client *c, uint64_t self,
  * One PUT of @buf, whose MD5 and sha256 (hex) the reader made as it filled
  * it.  The server checks both (Content-MD5, the signed payload hash) and the
  * PUT's answer is checked in turn: its ETag must be that MD5 (check_etag in
- * s3.c), so no HEAD follows.
+ * s3.c), so no HEAD follows.  Only -EEXIST, a key that holds another
+ * object, moves on to the next name; every other error ends the unit's try,
+ * -EBADMSG above all (stored, but with an ETag that is not our MD5: each
+ * new name would get one more copy).
  */
 static int upload_single(struct engine *e, struct s3_client *c, struct unit *u, const char *name,
 			 unsigned char *buf, size_t len, const unsigned char md5[16],

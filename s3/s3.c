@@ -1528,6 +1528,28 @@ static int check_etag(struct s3_client *c, const struct s3_req *rq, struct s3_re
 }
 
 /*
+ * check_etag() for a PUT with If-None-Match: *, where a mismatch is final:
+ * the object is stored, so a retry could only meet it (412), find it is not
+ * ours by its ETag and have the caller store the same data under a new
+ * name, again and again.  A server whose ETags are not MD5s (SSE-KMS,
+ * SSE-C) gives this on every PUT.
+ */
+static int check_etag_new(struct s3_client *c, const struct s3_req *rq, struct s3_resp *rs,
+			  struct s3_verdict *v)
+{
+	char k[S3_ESC_MAX];
+
+	if (check_etag(c, rq, rs, v) == 0)
+		return 0;
+	v->retry = 0;
+	err_hint(c,
+		 "the data was damaged on the way, or the bucket encrypts objects with "
+		 "SSE-KMS or SSE-C (their ETags are not MD5s); the object '%s' was left there",
+		 esc(rq->key, k, sizeof(k)));
+	return -1;
+}
+
+/*
  * A 412 to a PUT with If-None-Match: *: the key is taken, perhaps by this
  * very data.  The server may have stored a PUT of ours whose answer never
  * came: an earlier attempt of this call (a reset after the body went out),
@@ -1573,7 +1595,7 @@ int s3_put_object(struct s3_client *c, const char *key, const void *body, size_t
 	rc = op_start(c, &op, "PUT", key);
 	if (rc)
 		return rc;
-	op.rq.check = check_etag;
+	op.rq.check = if_none_match ? check_etag_new : check_etag;
 	rc = op_body(c, &op, body, len, md5, data_hash(c, sha256_hex));
 	if (!rc)
 		rc = op_object_headers(c, &op, if_none_match, meta, nmeta);

@@ -161,7 +161,8 @@ int s3_get_tag(struct s3_client *c, const char *key, const char *name, char *out
  * body's MD5 as its ETag and its size is taken as this PUT done (an
  * earlier one whose answer was lost).  @meta: @nmeta x-amz-meta-* headers.
  * On success *etag_out (S3_ETAG_MAX) holds the ETag, checked to be the MD5
- * of the body.
+ * of the body: -EBADMSG if it is not, retried without @if_none_match, at
+ * once with it (the object stays; a retry could only meet it).
  */
 int s3_put_object(struct s3_client *c, const char *key, const void *body, size_t len,
 		  const unsigned char *md5, const char *sha256_hex, int if_none_match,

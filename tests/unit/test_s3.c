@@ -567,6 +567,32 @@ static void test_if_none_match_412_first(void **state)
 	assert_int_equal(s3_client_http_status(c), 503);
 }
 
+/*
+ * A 2xx to If-None-Match: * whose ETag is not our MD5 (SSE-KMS, damage):
+ * a retry could only meet that object (412) and take a new name for the
+ * same data, over and over.  It fails at once, -EBADMSG; a plain PUT,
+ * which overwrites, is still retried.
+ */
+static void test_if_none_match_etag_mismatch(void **state)
+{
+	struct s3_client *c = *state;
+	const struct mresp r[] = {
+		{ CURLE_OK, 200, "ETag: \"deadbeef\"\n", NULL, 0, 0 },
+		{ CURLE_OK, 200, "ETag: \"deadbeef\"\n", NULL, 0, 0 },
+		{ CURLE_OK, 200, NULL, NULL, 1, 0 },
+	};
+	char etag[S3_ETAG_MAX];
+
+	script(r, 3);
+	assert_int_equal(s3_put_object(c, "k", "hello", 5, NULL, NULL, 1, NULL, 0, etag), -EBADMSG);
+	assert_int_equal(mk.calls, 1);
+	assert_non_null(strstr(s3_client_error(c), "ETag mismatch"));
+	assert_non_null(strstr(s3_client_error(c), "SSE-KMS"));
+	assert_int_equal(s3_put_object(c, "k", "hello", 5, NULL, NULL, 0, NULL, 0, etag), 0);
+	assert_int_equal(mk.calls, 3);
+	assert_string_equal(etag, MD5_HELLO);
+}
+
 static void test_head_bucket_missing(void **state)
 {
 	struct s3_client *c = *state;
@@ -1109,6 +1135,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_etag_mismatch, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_if_none_match, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_if_none_match_412_first, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_if_none_match_etag_mismatch, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_head_bucket_missing, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_abort_gone_is_ok, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_create_and_meta, setup, teardown),
