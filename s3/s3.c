@@ -1799,10 +1799,13 @@ int s3_mpu_complete(struct s3_client *c, const char *key, const char *upload_id,
 
 	/*
 	 * A lost response again: if an earlier attempt completed the upload
-	 * and its answer was lost, the retry finds no such upload (404).  The
-	 * object is then there with the multipart ETag of our parts: HEAD it.
+	 * and its answer was lost, the retry finds no such upload (404), or
+	 * every answer after it is lost too and the call gives up.  The object
+	 * is then there with the multipart ETag of our parts: HEAD it.  Were
+	 * the failure returned, the caller would abort the (gone) upload and
+	 * send the parts again under a new name.
 	 */
-	if (rc == -ENOENT && op.rs.failed_before) {
+	if (rc && rc != -ECANCELED && op.rs.failed_before) {
 		expected_mpu_etag(parts, n, want);
 		if (lost_response_done(c, key, want, op.rs.etag))
 			rc = 0;

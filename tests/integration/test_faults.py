@@ -196,6 +196,32 @@ def test_lost_answer_of_single_put_is_not_uploaded_twice(fault_proxy, mount, tmp
     assert_uploaded_once(m, name, data, tmp_path / "check")
 
 
+def test_lost_answers_of_complete_are_not_uploaded_twice(fault_proxy, mount, tmp_path):
+    """The server completed the multipart upload, but every answer to the
+    complete is lost and the call gives up.  The object there has the
+    multipart ETag of our parts: the upload is done, not failed (its upload
+    id aborted and forgotten) and then sent again as NAME_1 by `mgmtfs
+    retry`."""
+    m = mount(proxied(fault_proxy, max_attempts=3))
+    name = "film.bin"
+    fault_proxy.set_rules([{"fault": "drop-response", "match": r"POST .*\?uploadId="}])
+    data = data_of(MULTI_SIZE, 24)
+    write_file(m.pending(name), data)
+    deadline = time.monotonic() + WAIT
+    while get_status(m.pending(name)) not in ("failed", None):
+        assert time.monotonic() < deadline, "neither failed nor completed"
+        time.sleep(0.05)
+    fault_proxy.set_rules([])
+    completes = [e[5] for e in fault_proxy.log().find("POST", COMPLETE)]
+    assert len(completes) >= 3 and set(completes) == {"200+RST"}, completes
+    if get_status(m.pending(name)) == "failed":
+        p = m.cli("retry", str(m.pending(name)))
+        assert p.returncode == 0, diagnose(m, p, name)
+    m.wait_completed(name)
+    assert not fault_proxy.log().find("POST", CREATE, 200)[1:], "uploaded again"
+    assert_uploaded_once(m, name, data, tmp_path / "check")
+
+
 def test_object_already_under_the_key(fault_proxy, mount, tmp_path):
     """The key already holds an object before the upload starts.  Our very
     bytes (what a kill -9 just after the server stored the PUT leaves, the

@@ -448,17 +448,33 @@ static void test_complete_lost_response(void **state)
 		{ CURLE_RECV_ERROR, 0, NULL, NULL, 0, 0 },
 		{ CURLE_OK, 404, NULL, ERRBODY("NoSuchUpload", "gone"), 0, 0 },
 		{ CURLE_OK, 200, hdr, NULL, 0, 0 },
+		/* every answer lost, the call gives up: the HEAD still finds it done */
+		{ CURLE_RECV_ERROR, 0, NULL, NULL, 0, 0 },
+		{ CURLE_GOT_NOTHING, 0, NULL, NULL, 0, 0 },
+		{ CURLE_RECV_ERROR, 0, NULL, NULL, 0, 0 },
+		{ CURLE_OK, 200, hdr, NULL, 0, 0 },
+		/* the same with another object there: the failure stands */
+		{ CURLE_RECV_ERROR, 0, NULL, NULL, 0, 0 },
+		{ CURLE_RECV_ERROR, 0, NULL, NULL, 0, 0 },
+		{ CURLE_RECV_ERROR, 0, NULL, NULL, 0, 0 },
+		{ CURLE_OK, 200, "ETag: \"0123-2\"\n", NULL, 0, 0 },
 	};
 
 	sigv4_hex(a, 16, parts[0].etag);
 	sigv4_hex(b, 16, parts[1].etag);
 	s3_multipart_etag(md5s, 2, want);
 	snprintf(hdr, sizeof(hdr), "ETag: \"%s\"\nContent-Length: 10\n", want);
-	script(r, 3);
+	script(r, 11);
 	assert_int_equal(s3_mpu_complete(c, "k", "up-1", parts, 2, etag), 0);
 	assert_string_equal(etag, want);
 	assert_int_equal(mk.calls, 3);
 	assert_true(mk.nobody); /* the last one was the HEAD */
+	assert_int_equal(s3_mpu_complete(c, "k", "up-1", parts, 2, etag), 0);
+	assert_string_equal(etag, want);
+	assert_int_equal(mk.calls, 7);
+	assert_int_equal(s3_mpu_complete(c, "k", "up-1", parts, 2, etag), -EIO);
+	assert_int_equal(mk.calls, 11);
+	assert_non_null(strstr(s3_client_error(c), "gave up after 3 attempts"));
 }
 
 static void test_etag_mismatch(void **state)
