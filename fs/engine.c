@@ -43,6 +43,7 @@
  */
 #include "fs/fs_i.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -1759,11 +1760,52 @@ static int recover_move_cb(const struct store_record *rec, void *arg)
 	return 0;
 }
 
+/*
+ * Queue the units of pending/ that have no active record: a file whose
+ * release a kill -9 cut off (close() does not wait for it, and the queue
+ * entry is written at the release), or anything put into the backing
+ * directory while no daemon ran.  Each is queued as if just closed.  Runs
+ * at mount before any request is served, so nothing is open for writing.
+ */
+static void queue_unrecorded(struct engine *e)
+{
+	struct store_record *rec = malloc(sizeof(*rec));
+	char dir[PATH_MAX], rel[PATH_MAX], esc[NAME_MAX * 4 + 1], eb[128];
+	struct dirent *d;
+	DIR *dp = NULL;
+	uint64_t id;
+
+	snprintf(dir, sizeof(dir), "%s/pending", e->cfg->local_dir);
+	if (rec)
+		dp = opendir(dir);
+	if (!dp) {
+		mgmtfs_err("cannot look for unqueued files in '%s': %s", dir,
+			   mgmtfs_strerror(rec ? errno : ENOMEM, eb, sizeof(eb)));
+		free(rec);
+		return;
+	}
+	while ((d = readdir(dp))) {
+		if (!strcmp(d->d_name, ".") || !strcmp(d->d_name, "..") ||
+		    cfg_name_ignored(e->cfg, d->d_name))
+			continue;
+		pending_rel(d->d_name, rel, sizeof(rel));
+		if (!store_find_path(e->fs->st, rel, &id) && !store_get(e->fs->st, id, rec) &&
+		    status_active(rec->status))
+			continue;	/* queued, uploading or failed: its record says so */
+		if (unit_changed(e, d->d_name, 0) == 0)
+			mgmtfs_info("recovered: 'pending/%s' had no queue entry: queued",
+				    mgmtfs_escape(d->d_name, esc, sizeof(esc)));
+	}
+	closedir(dp);
+	free(rec);
+}
+
 static void recover(struct engine *e)
 {
 	store_list(e->fs->st, STORE_COMPLETED, recover_move_cb, e);
 	store_list(e->fs->st, STORE_DUPLICATE, recover_move_cb, e);
 	rescan(e, 1);
+	queue_unrecorded(e);
 }
 
 /*

@@ -7,17 +7,21 @@ server already has (part PUTs counted in the proxy's log, parts listed on the
 server by the independent client), leave no incomplete multipart upload, and
 produce one whole object.
 """
+import io
 import json
 import os
 import re
+import signal
 import subprocess
+import tarfile
 import time
 
 import pytest
 
-from fault_tools import (MULTI_SIZE, assert_uploaded_once, crash, data_of, earlier_logs,
-                         fault_proxy, list_parts, proxied, restart, uploads_under, write_file)
-from helpers import get_status
+from fault_tools import (MODE, MTIME, MULTI_SIZE, assert_uploaded_once, crash, data_of,
+                         earlier_logs, fault_proxy, list_parts, proxied, restart, uploads_under,
+                         write_file)
+from helpers import check_archive, get_status, get_xattr, sha256
 
 assert fault_proxy  # a fixture, used by name
 
@@ -240,3 +244,109 @@ def test_unit_removed_while_down_is_forgotten(fault_proxy, mount):
         assert time.monotonic() < deadline, m.log()
         time.sleep(0.1)
     assert m.client.list_objects(m.bucket, m.prefix + "/") == []
+
+
+# ---- units with no record: a release lost to a kill -9, or put in while down ----
+
+
+def check_dir_object(m, name, files, scratch):
+    """The object of pending/@name (a directory) holds exactly @files, byte for byte."""
+    blob = m.client.get_object(m.bucket, m.key(name))
+    with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tf:
+        names = {t.name for t in tf.getmembers() if t.isfile()}
+        assert names == {f"{name}/{f}" for f in files}, names
+        for f, data in files.items():
+            assert sha256(tf.extractfile(f"{name}/{f}").read()) == sha256(data), f
+    assert get_status(m.completed(name)) == "completed"
+    for f, data in files.items():
+        assert sha256((m.completed(name) / f).read_bytes()) == sha256(data)
+
+
+def wait_stopped(pid):
+    """Every thread of @pid stopped (SIGSTOP is delivered to each in turn)."""
+    deadline = time.monotonic() + 10
+    while True:
+        states = set()
+        for t in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{t}/stat") as f:
+                states.add(f.read().rsplit(")", 1)[1].split()[0])
+        if states <= {"T", "t"}:
+            return
+        assert time.monotonic() < deadline, f"not stopped: thread states {states}"
+        time.sleep(0.01)
+
+
+def test_closed_just_before_kill9_is_uploaded(mount, tmp_path):
+    """close() does not wait for the daemon (FUSE sends the release after it
+    returns): files closed while the daemon is stopped, then kill -9, have no
+    queue entry.  The next mount finds them in pending/ and uploads each."""
+    m = mount()
+    write_file(m.pending("warm.bin"), data_of(4096, 20))
+    m.wait_completed("warm.bin")
+    files = {f"late{i}.bin": data_of((64 << 10) * (i + 1), 30 + i) for i in range(4)}
+    fds = {}
+    for name, data in files.items():
+        fd = os.open(m.pending(name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, MODE)
+        os.write(fd, data)
+        fds[name] = fd
+    m.proc.send_signal(signal.SIGSTOP)  # the releases of the closes below never run
+    try:
+        wait_stopped(m.proc.pid)
+        for fd in fds.values():
+            os.close(fd)  # returns at once: no flush, the release is sent after
+    finally:
+        crash(m)
+    for name in files:
+        os.utime(m.local / "pending" / name, (MTIME, MTIME))
+    assert sorted(os.listdir(m.local / "pending")) == sorted(files)
+
+    restart(m)
+    for name in files:
+        m.wait_completed(name, timeout=60)
+    assert sorted(m.client.list_objects(m.bucket, m.prefix + "/")) == \
+        sorted(m.key(n) for n in ["warm.bin", *files])
+    for name, data in files.items():
+        blob = m.client.get_object(m.bucket, m.key(name))
+        check_archive(blob, name, data, MODE, MTIME, tmp_path / name)
+        assert get_xattr(m.completed(name), "user.mgmt.checksum") == "sha256:" + sha256(data)
+    assert uploads_under(m) == []
+    assert os.listdir(m.path("pending")) == []
+
+
+def test_units_put_in_backing_dir_while_down_are_uploaded(mount, tmp_path):
+    """Files and a directory put into LOCAL_DIR/pending/ while no daemon runs
+    (including a name uploaded before, with new content) are uploaded at the
+    next mount; an ignored name stays, ignored."""
+    m = mount({"dir_settle": "0.5"})
+    old = data_of(4096, 40)
+    write_file(m.pending("same.bin"), old)
+    m.wait_completed("same.bin")
+    errors = m.stop()
+    assert errors == [], "\n".join(errors)
+
+    backing = m.local / "pending"
+    files = {"new.bin": data_of(300 << 10, 41), "same.bin": data_of(5000, 42)}
+    for name, data in files.items():
+        write_file(backing / name, data)
+    inside = {"a.txt": b"a\n" * 100, "b.bin": data_of(2 << 20, 43)}
+    (backing / "album").mkdir()
+    for f, data in inside.items():
+        (backing / "album" / f).write_bytes(data)
+    (backing / ".hidden").write_bytes(b"not for upload")
+
+    restart(m)
+    m.wait_completed("new.bin", timeout=60)
+    m.wait_completed("same.bin", "same_1.bin", timeout=60)
+    m.wait_completed("album", timeout=60)
+    check_archive(m.client.get_object(m.bucket, m.key("new.bin")), "new.bin",
+                  files["new.bin"], MODE, MTIME, tmp_path / "new")
+    second = f"{m.prefix}/same.bin_1.tar.gz"
+    check_archive(m.client.get_object(m.bucket, second), "same.bin", files["same.bin"],
+                  MODE, MTIME, tmp_path / "same")
+    assert get_xattr(m.completed("same_1.bin"), "user.mgmt.s3_object_key") == second
+    assert m.completed("same.bin").read_bytes() == old
+    check_dir_object(m, "album", inside, tmp_path / "album")
+    assert os.listdir(m.path("pending")) == [".hidden"]
+    assert get_status(m.pending(".hidden")) == "ignored"
+    assert sorted(m.client.list_objects(m.bucket, m.prefix + "/")) == sorted(
+        [m.key("same.bin"), second, m.key("new.bin"), m.key("album")])
