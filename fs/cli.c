@@ -472,9 +472,12 @@ static int status_cb(const struct store_record *rec, void *arg)
 static int cmd_status(struct cli *c, int stats_only)
 {
 	struct stats s = { .c = c };
-	char held[8] = "0";
+	char held[8] = "0", mount_held[8] = "0";
 
 	store_meta_get(c->st, "hold", held, sizeof(held));
+	store_meta_get(c->st, "mount_hold", mount_held, sizeof(mount_held));
+	if (mount_held[0] == '1')
+		held[0] = '1';	/* the live mount's -o hold */
 	if (store_list(c->st, -1, stats_cb, &s))
 		return 1;
 	if (!stats_only) {
@@ -515,9 +518,11 @@ static int cmd_status(struct cli *c, int stats_only)
 	return 0;
 }
 
+/* hold: until resume, across mounts; resume also lifts a mount's -o hold (engine.c) */
 static int cmd_hold(struct cli *c, int on)
 {
-	if (store_meta_put(c->st, "hold", on ? "1" : "0")) {
+	if (store_meta_put(c->st, "hold", on ? "1" : "0") ||
+	    (!on && store_meta_put(c->st, "mount_hold", "0"))) {
 		fprintf(stderr, "mgmtfs: error: cannot %s uploads\n", on ? "hold" : "resume");
 		return 1;
 	}

@@ -66,7 +66,7 @@ static const char usage_text[] =
 	"  max_attempts=N         tries per request, default 8\n"
 	"  retry_max_seconds=S    backoff budget per request, default 120\n"
 	"  stall_seconds=S        cut a transfer idle this long, default 30\n"
-	"  hold                   start no upload (MGMT_HOLD=1)\n"
+	"  hold                   start no upload on this mount (MGMT_HOLD=1)\n"
 	"  passthrough=1|0        writes go from the kernel straight to local_dir\n"
 	"                         (FUSE passthrough: root, Linux 6.9+), default 1\n"
 	"  insecure               do not verify TLS certificates\n"

@@ -146,6 +146,7 @@ struct engine {
 	pthread_t *workers;
 	pthread_t *senders;
 	int nworkers, nsenders;
+	int mount_hold;		/* -o hold, until mgmtfs resume: only the scheduler, once started */
 	int big_free;		/* multipart slots left, protected by lock */
 	size_t mem_held;	/* part-buffer memory taken (mem_hold), protected by lock */
 	struct buf_pool pool;	/* free part buffers (part_size) */
@@ -1914,12 +1915,23 @@ static void abort_orphans(struct engine *e)
 	free(o.recs);
 }
 
+/*
+ * Two holds: `mgmtfs hold` (meta "hold", kept until `mgmtfs resume`, across
+ * mounts) and this mount's -o hold (in memory: the next mount does not
+ * inherit it).  The option is shown to the CLI as meta "mount_hold", which
+ * `mgmtfs resume` clears to lift it on this mount too.
+ */
 static void poll_hold(struct engine *e)
 {
 	char v[8];
+	int stored = 0;
 
+	if (e->mount_hold && store_meta_get(e->fs->st, "mount_hold", v, sizeof(v)) == 0 &&
+	    v[0] != '1')
+		e->mount_hold = 0;	/* mgmtfs resume */
 	if (store_meta_get(e->fs->st, "hold", v, sizeof(v)) == 0)
-		atomic_store(&e->fs->held, v[0] == '1');
+		stored = v[0] == '1';
+	atomic_store(&e->fs->held, e->mount_hold || stored);
 }
 
 static void *sched_main(void *arg)
@@ -2058,10 +2070,14 @@ int engine_start(struct engine *e)
 {
 	int rc = 0;
 
-	if (e->cfg->hold)
-		store_meta_put(e->fs->st, "hold", "1");
-	else
-		poll_hold(e);
+	e->mount_hold = e->cfg->hold;
+	store_meta_put(e->fs->st, "mount_hold", e->mount_hold ? "1" : "0");
+	poll_hold(e);
+	if (e->mount_hold)
+		mgmtfs_info("uploads are held (-o hold, this mount only): nothing starts until "
+			    "mgmtfs resume or a mount without hold");
+	else if (atomic_load(&e->fs->held))
+		mgmtfs_info("uploads are held (mgmtfs hold): nothing starts until mgmtfs resume");
 	recover(e);
 	e->nsenders = engine_multipart_slots(e->cfg) * e->cfg->parts_in_flight;
 	e->workers = calloc((size_t)e->nworkers, sizeof(*e->workers));
@@ -2101,6 +2117,8 @@ void engine_stop(struct engine *e)
 	pthread_mutex_unlock(&e->lock);
 	for (int i = 0; i < e->nsenders; i++)
 		pthread_join(e->senders[i], NULL);
+	if (e->mount_hold)
+		store_meta_put(e->fs->st, "mount_hold", "0");	/* unmounted: no longer held */
 	e->started = 0;
 }
 

@@ -138,9 +138,10 @@ int store_part_clear(struct store *st, uint64_t id);
 
 /*
  * Small named settings shared by the daemon and the CLI (the CLI's
- * "mgmtfs hold" sets meta "hold" = "1"; the daemon polls it).  @name is
- * short ASCII.  store_meta_get copies the value into @buf (NUL-terminated,
- * truncated to @len) and returns 0, or -ENOENT when unset.
+ * "mgmtfs hold" sets meta "hold" = "1"; the daemon polls it, and shows its
+ * own -o hold as "mount_hold").  @name is short ASCII.  store_meta_get
+ * copies the value into @buf (NUL-terminated, truncated to @len) and
+ * returns 0, or -ENOENT when unset.
  */
 int store_meta_put(struct store *st, const char *name, const char *value);
 int store_meta_get(struct store *st, const char *name, char *buf, size_t len);

@@ -170,6 +170,52 @@ def test_hold_and_resume_on_a_live_mount(mount, tmp_path):
     assert stats["completed"] == 2 and stats["queued"] == 0, stats
 
 
+def remount(m, **options):
+    """Unmount @m cleanly, then mount again on the same local_dir with @options
+    changed (None removes one)."""
+    errors = m.stop()
+    assert errors == [], "\n".join(errors)
+    for k, v in options.items():
+        if v is None:
+            m.options.pop(k, None)
+        else:
+            m.options[k] = v
+    return m.start()
+
+
+def test_hold_option_is_for_that_mount_only(mount, tmp_path):
+    """-o hold holds the uploads of that mount; the next mount without it
+    uploads what was held.  `mgmtfs hold` lasts until `mgmtfs resume`, across
+    mounts.  Each mount that holds says so in its log."""
+    m = mount({"hold": True})
+    data = data_of(SMALL, 4)
+    write_file(m.pending("held.bin"), data)
+    wait_status(m.pending("held.bin"), "queued", timeout=WAIT)
+    stays("held: held.bin queued, nothing on the server",
+          lambda: get_status(m.pending("held.bin")) == "queued" and objects(m) == [])
+    assert re.search(r"uploads are held.*-o hold", m.log()), m.log()
+
+    remount(m, hold=None)
+    m.wait_completed("held.bin")
+    check_archive(m.client.get_object(m.bucket, m.key("held.bin")), "held.bin", data,
+                  MODE, MTIME, tmp_path / "held")
+    assert cli_json(m, "status")["held"] is False
+    assert "uploads are held" not in m.log(), m.log()
+
+    # the command's hold is not the option's: it lasts until resume
+    cli_ok(m, "hold")
+    remount(m)
+    assert re.search(r"uploads are held.*mgmtfs resume", m.log()), m.log()
+    write_file(m.pending("later.bin"), data_of(SMALL, 5))
+    wait_status(m.pending("later.bin"), "queued", timeout=WAIT)
+    stays("held by mgmtfs hold across the remount",
+          lambda: get_status(m.pending("later.bin")) == "queued"
+          and objects(m) == [m.key("held.bin")])
+    assert cli_json(m, "status")["held"] is True
+    cli_ok(m, "resume")
+    m.wait_completed("later.bin")
+
+
 # ---- 2. ignored names -------------------------------------------------------
 
 IGNORED = [".hidden", "x.part", "y.tmp", "z~", "a.iso"]
