@@ -377,6 +377,10 @@ static int unit_changed(struct engine *e, const char *name, int again)
 		snprintf(rec->s3_bucket, sizeof(rec->s3_bucket), "%s", e->cfg->bucket);
 		rec->original_size = q.size;
 	}
+	/* in the record, so that the next mount uploads it again too */
+	if (again)
+		rec->upload_again = 1;
+	again = rec->upload_again;
 	rc = store_put(e->fs->st, rec);
 	id = rec->id;
 	pthread_mutex_unlock(&e->fs->rec_lock);
@@ -1720,7 +1724,8 @@ static int rescan_cb(const struct store_record *rec, void *arg)
 		return 0;	/* handled by recovery: the file is gone */
 	pthread_mutex_lock(&e->lock);
 	if (!unit_find(e, name))
-		unit_schedule(e, name, rec->id, s->recover ? 0 : e->cfg->settle, 0);
+		unit_schedule(e, name, rec->id, s->recover ? 0 : e->cfg->settle,
+			      (int)rec->upload_again);
 	pthread_mutex_unlock(&e->lock);
 	return 0;
 }

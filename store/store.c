@@ -107,6 +107,7 @@ static const struct field fields[] = {
 	FIELD(upload_id, F_STR),
 	FIELD(generation, F_U64),
 	FIELD(flags, F_U32),
+	FIELD(upload_again, F_U32),
 };
 
 #define N_FIELDS (sizeof(fields) / sizeof(fields[0]))

@@ -65,6 +65,9 @@ struct store_record {
 	char upload_id[512];		/* multipart upload in flight, "" if none */
 	uint64_t generation;		/* bumped each time the unit is queued again */
 	uint32_t flags;			/* STORE_F_* */
+	uint32_t upload_again;		/* 1: moved back from completed/, uploaded even if
+					 * the bucket has the content (absent in older
+					 * records: 0) */
 };
 
 /* The local file is incomplete (a write into it failed): only writing it again requeues it. */

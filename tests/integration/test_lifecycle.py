@@ -17,7 +17,8 @@ import pytest
 
 from fault_tools import (MODE, MTIME, WAIT, assert_uploaded_once, data_of, fault_proxy,
                          proxied, uploads_under, write_file)
-from helpers import check_archive, get_status, get_xattr, getfattr, sha256, wait_status
+from helpers import (check_archive, get_status, get_xattr, getfattr, parse_utc, sha256,
+                     wait_status)
 
 assert fault_proxy  # a fixture, used by name
 
@@ -412,6 +413,41 @@ def test_rename_back_uploads_again(mount, tmp_path, kind):
     assert not os.path.lexists(m.pending(name))
     assert sorted(r["s3_object_key"] for r in cli_json(m, "list")) == \
         sorted([m.key(name), second_key])
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_rename_back_uploads_again_after_a_remount(mount, tmp_path, kind):
+    """The "upload it again" of a rename back from completed/ is in the
+    record: a unit renamed back on a held mount is uploaded again (not taken
+    for a duplicate of itself) by the next mount."""
+    make, check = KINDS[kind]
+    m = mount({"dir_settle": "0.5"})
+    name = "again.bin" if kind == "file" else "album"
+    data = make(m, name, 8)
+    m.wait_completed(name)
+    first = getfattr(m.completed(name))
+
+    remount(m, hold=True)
+    os.rename(m.completed(name), m.pending(name))
+    wait_status(m.pending(name), "queued", timeout=WAIT)
+    remount(m, hold=None)
+    wait_landed(m, name)
+
+    second_key = f"{m.prefix}/{name}_1.tar.gz"
+    fields = getfattr(m.completed(name))
+    assert fields["user.mgmt.status"] == "completed", f"record {fields}; objects {objects(m)}"
+    assert fields["user.mgmt.s3_object_key"] == second_key, fields
+    assert fields["user.mgmt.id"] != first["user.mgmt.id"], fields
+    assert fields["user.mgmt.checksum"] == first["user.mgmt.checksum"]
+    assert fields["user.mgmt.original_path"] == f"pending/{name}"
+    assert fields["user.mgmt.completed_path"] == f"completed/{name}"
+    assert parse_utc(fields["user.mgmt.upload_timestamp"]) >= \
+        parse_utc(first["user.mgmt.upload_timestamp"])
+    assert objects(m) == sorted([m.key(name), second_key])
+    assert uploads_under(m) == []
+    check(m, name, second_key, data, tmp_path / "second")
+    assert not os.path.lexists(m.pending(name))
+    assert sorted(r["status"] for r in cli_json(m, "list")) == ["completed", "completed"]
 
 
 # ---- 6. duplicate content ------------------------------------------------------------

@@ -113,6 +113,7 @@ static void rec_fill(struct store_record *r)
 	snprintf(r->upload_id, sizeof(r->upload_id), "upload-id-xyz");
 	r->generation = 9;
 	r->flags = STORE_F_WRITE_FAILED;
+	r->upload_again = 1;
 }
 
 static uint64_t put_new(struct store *st, const char *orig, enum store_status status)
@@ -185,6 +186,7 @@ static void test_roundtrip_all_fields(void **state)
 	assert_string_equal(out->upload_id, "upload-id-xyz");
 	assert_int_equal(out->generation, 9);
 	assert_int_equal(out->flags, STORE_F_WRITE_FAILED);
+	assert_int_equal(out->upload_again, 1);
 	assert_memory_equal(out, in, sizeof(*in));	/* nothing else differs */
 
 	/* negative timestamps survive too */
@@ -539,6 +541,45 @@ static void test_reopen_keeps_records(void **state)
 	free(out);
 }
 
+/* A record written before a field existed (its key absent) reads that field as 0. */
+static void test_old_record_without_upload_again(void **state)
+{
+	struct fixture *f = *state;
+	struct store_record *in = malloc(sizeof(*in));
+	struct store_record *out = malloc(sizeof(*out));
+	char key[64];
+	MDB_env *env = NULL;
+	MDB_txn *txn = NULL;
+	MDB_dbi dbi;
+	MDB_val k;
+
+	rec_fill(in);
+	assert_int_equal(store_put(f->st, in), 0);
+	store_close(f->st);
+	f->st = NULL;
+	/* remove the field's key, as an older version never wrote it */
+	snprintf(key, sizeof(key), "r/%016" PRIx64 "/upload_again", in->id);
+	k.mv_data = key;
+	k.mv_size = strlen(key);
+	assert_int_equal(mdb_env_create(&env), 0);
+	assert_int_equal(mdb_env_set_mapsize(env, STORE_INITIAL_MAPSIZE), 0);
+	assert_int_equal(mdb_env_open(env, f->dir, 0, 0600), 0);
+	assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+	assert_int_equal(mdb_dbi_open(txn, NULL, 0, &dbi), 0);
+	assert_int_equal(mdb_del(txn, dbi, &k, NULL), 0);
+	assert_int_equal(mdb_txn_commit(txn), 0);
+	mdb_env_close(env);
+
+	assert_int_equal(store_open(f->dir, 0, &f->st), 0);
+	memset(out, 0xa5, sizeof(*out));
+	assert_int_equal(store_get(f->st, in->id, out), 0);
+	assert_int_equal(out->upload_again, 0);
+	in->upload_again = 0;
+	assert_memory_equal(out, in, sizeof(*in));	/* every other field as written */
+	free(in);
+	free(out);
+}
+
 /* In a child process: open readonly while the parent holds a read-write handle. */
 static int child_reader(const char *dir, uint64_t id)
 {
@@ -716,6 +757,7 @@ static void test_field_format(void **state)
 	expect_field(r, "upload_id", NULL);
 	expect_field(r, "flags", NULL);
 	expect_field(r, "generation", NULL);
+	expect_field(r, "upload_again", NULL);
 	expect_field(r, "progress_done", NULL);
 	expect_field(r, "bogus", NULL);
 
@@ -982,6 +1024,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_parts, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_meta, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_reopen_keeps_records, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_old_record_without_upload_again, setup,
+						teardown),
 		cmocka_unit_test_setup_teardown(test_readonly_sees_live_writer, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_readonly_missing_is_enoent, setup_dir, teardown),
 		cmocka_unit_test_setup_teardown(test_second_open_in_process_is_ebusy, setup, teardown),
