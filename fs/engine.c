@@ -1757,9 +1757,15 @@ static int recover_move_cb(const struct store_record *rec, void *arg)
 	if (backing_pending(e, name, from, sizeof(from)) || lstat(from, &st) ||
 	    access(to, F_OK) == 0)
 		return 0;
-	/* only if no newer record took the name and the file is the one uploaded */
+	/*
+	 * Only if no newer record took the name and the file is the one
+	 * uploaded: same size, and its inode not changed after the upload
+	 * ended (a file made there since, e.g. while unmounted, after
+	 * completed/NAME was removed, is new: queue_unrecorded uploads it).
+	 */
 	if (store_find_path(e->fs->st, rec->original_path, &newest) || newest != rec->id ||
-	    (S_ISREG(st.st_mode) && (uint64_t)st.st_size != rec->original_size))
+	    (S_ISREG(st.st_mode) && (uint64_t)st.st_size != rec->original_size) ||
+	    (int64_t)st.st_ctim.tv_sec > rec->upload_timestamp)
 		return 0;
 	if (fs_move_to_completed(e->fs, name, dest) == 0)
 		mgmtfs_info("recovered: moved 'pending/%s' to '%s'", name, rec->completed_path);

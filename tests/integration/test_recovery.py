@@ -350,3 +350,29 @@ def test_units_put_in_backing_dir_while_down_are_uploaded(mount, tmp_path):
     assert get_status(m.pending(".hidden")) == "ignored"
     assert sorted(m.client.list_objects(m.bucket, m.prefix + "/")) == sorted(
         [m.key("same.bin"), second, m.key("new.bin"), m.key("album")])
+
+
+def test_new_file_under_an_uploaded_name_is_not_taken_for_it(mount, tmp_path):
+    """pending/X uploaded, completed/X removed, then a new X of the same size
+    put into pending/ with no queue entry (while down, or a release lost to a
+    kill -9): the next mount must upload it, not take it for the uploaded X
+    whose move a crash cut off (which is only finished for an unchanged file)."""
+    m = mount()
+    old, new = data_of(8192, 50), data_of(8192, 51)
+    write_file(m.pending("x.bin"), old)
+    m.wait_completed("x.bin")
+    errors = m.stop()
+    assert errors == [], "\n".join(errors)
+    os.unlink(m.local / "completed" / "x.bin")
+    time.sleep(1.1)  # a later second than the upload's timestamp
+    write_file(m.local / "pending" / "x.bin", new)
+
+    restart(m)
+    m.wait_completed("x.bin", timeout=60)
+    second = f"{m.prefix}/x.bin_1.tar.gz"
+    assert get_xattr(m.completed("x.bin"), "user.mgmt.s3_object_key") == second
+    assert get_xattr(m.completed("x.bin"), "user.mgmt.checksum") == "sha256:" + sha256(new)
+    check_archive(m.client.get_object(m.bucket, second), "x.bin", new, MODE, MTIME,
+                  tmp_path / "new")
+    assert m.completed("x.bin").read_bytes() == new
+    assert "recovered: moved" not in m.log()
