@@ -735,8 +735,11 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 			      sizeof(unit_to));
 	if (rc)
 		goto out;
-	/* completed/ only gives entries back to pending/; nothing goes into it */
-	if (a_to == AREA_COMPLETED) {
+	/*
+	 * completed/ only gives entries back to pending/; nothing goes into it,
+	 * and an exchange would put the other side there
+	 */
+	if (a_to == AREA_COMPLETED || (a_from == AREA_COMPLETED && (flags & RENAME_EXCHANGE))) {
 		rc = -EROFS;
 		goto out;
 	}

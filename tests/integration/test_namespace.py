@@ -1,4 +1,5 @@
 """The shape of the mount: a fixed root, a read-only completed/, and xattrs."""
+import ctypes
 import errno
 import os
 
@@ -100,3 +101,36 @@ def test_security_xattr_is_enodata(mount, tmp_path, where):
         with pytest.raises(OSError) as e:
             os.getxattr(SECURITY_PATHS[where](m), name)
         assert e.value.errno == errno.ENODATA, os.strerror(e.value.errno)
+
+
+AT_FDCWD = -100
+RENAME_EXCHANGE = 1 << 1
+
+
+def renameat2(old, new, flags):
+    """renameat2(2) through libc; raises OSError with the call's errno."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    rc = libc.renameat2(AT_FDCWD, os.fsencode(old), AT_FDCWD, os.fsencode(new),
+                        ctypes.c_uint(flags))
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(old))
+
+
+@pytest.mark.parametrize("direction", ["completed-to-pending", "pending-to-completed"])
+def test_exchange_with_completed_is_refused(mount, tmp_path, direction):
+    m = uploaded(mount, tmp_path)
+    done, held = m.completed("done.txt"), m.pending("held.txt")
+    old, new = (done, held) if direction == "completed-to-pending" else (held, done)
+    with open(held, "wb") as f:  # open for writing: pending/held.txt is not uploaded yet
+        f.write(b"pending bytes\n")
+        f.flush()
+        with pytest.raises(OSError) as e:
+            renameat2(old, new, RENAME_EXCHANGE)
+    assert e.value.errno in (errno.EROFS, errno.EPERM), os.strerror(e.value.errno)
+    assert done.read_bytes() == b"done\n"
+    assert held.read_bytes() == b"pending bytes\n"
+    assert (m.local / "completed" / "done.txt").read_bytes() == b"done\n"
+    assert (m.local / "pending" / "held.txt").read_bytes() == b"pending bytes\n"
+    assert os.getxattr(done, "user.mgmt.status") == b"completed"
+    assert os.getxattr(done, "user.mgmt.original_path") == b"pending/done.txt"
