@@ -1511,6 +1511,28 @@ static int fail_fn(struct store_record *rec, void *arg)
 	return 0;
 }
 
+struct move_fail_arg {
+	const char *name;
+	const char *bucket;
+	const char *key;
+	int err;
+};
+
+/* The object is up but the unit stayed in pending/: say so, not "completed". */
+static int move_failed_fn(struct store_record *rec, void *arg)
+{
+	const struct move_fail_arg *m = arg;
+	char eb[128];
+
+	rec->status = STORE_FAILED;
+	rec->completed_path[0] = '\0';
+	snprintf(rec->error, sizeof(rec->error),
+		 "uploaded as s3://%s/%s but moving 'pending/%s' to completed/ failed (%s): "
+		 "make room in completed_dir or fix its permissions, then retry",
+		 m->bucket, m->key, m->name, mgmtfs_strerror(m->err, eb, sizeof(eb)));
+	return 0;
+}
+
 /* Record the upload, then move the file (the record first: a crash between is repaired). */
 static void finish_ok(struct engine *e, struct unit *u, const char *name, struct result *r)
 {
@@ -1529,6 +1551,10 @@ static void finish_ok(struct engine *e, struct unit *u, const char *name, struct
 		rc = fs_move_to_completed(e->fs, name, dest);
 	}
 	store_part_clear(e->fs->st, u->id);
+	/* -ENOENT: removed while it finished; the object is up, as after rm in completed/ */
+	if (rc && rc != -ENOENT)
+		fs_record_update(e->fs, u->id, move_failed_fn,
+				 &(struct move_fail_arg){ name, e->cfg->bucket, r->key, rc });
 	if (rc)
 		mgmtfs_err("uploaded 'pending/%s' as '%s' but cannot move it to completed/: %s",
 			   name, r->key, mgmtfs_strerror(rc, eb, sizeof(eb)));

@@ -1414,46 +1414,228 @@ const struct fuse_lowlevel_ops fs_ops = {
 
 /* ---- the daemon's own moves ----------------------------------------- */
 
-/* Copy a regular file across filesystems (completed_dir elsewhere), then unlink. */
-static int move_across(const char *from, const char *to)
+/*
+ * Moving a unit to a completed_dir on another filesystem: rename(2) says
+ * EXDEV, so the unit is copied (files, directories recursively, symlinks,
+ * with mode, owner, times and user xattrs), and the source removed only once
+ * the whole copy is there.  A copy that fails removes what it made.
+ */
+#define COPY_BUF (1u << 20)
+
+/* Copy the data of @in to @out: copy_file_range, else read/write. */
+static int copy_data(int in, int out)
 {
-	struct stat st;
+	char *buf = NULL;
+	int rc = 0;
+
+	for (;;) {
+		ssize_t n = copy_file_range(in, NULL, out, NULL, COPY_BUF, 0);
+
+		if (n == 0)
+			return 0;
+		if (n > 0)
+			continue;
+		if (errno == EINTR)
+			continue;
+		/* across filesystems (EXDEV), or not supported there: copy by hand */
+		if (errno != EXDEV && errno != ENOSYS && errno != EOPNOTSUPP && errno != EINVAL)
+			return -errno;
+		break;
+	}
+	buf = malloc(COPY_BUF);
+	if (!buf)
+		return -ENOMEM;
+	for (;;) {
+		ssize_t n = read(in, buf, COPY_BUF), off = 0;
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			rc = -errno;
+			break;
+		}
+		if (n == 0)
+			break;
+		while (off < n) {
+			ssize_t w = write(out, buf + off, (size_t)(n - off));
+
+			if (w < 0 && errno == EINTR)
+				continue;
+			if (w <= 0) {
+				rc = w < 0 ? -errno : -EIO;
+				goto out;
+			}
+			off += w;
+		}
+	}
+out:
+	free(buf);
+	return rc;
+}
+
+/* User xattrs (user.color...) go along, as rename keeps them; best effort. */
+static void copy_xattrs(const char *from, const char *to)
+{
+	char names[4096], val[4096];
+	ssize_t len = llistxattr(from, names, sizeof(names));
+
+	for (ssize_t i = 0; i < len; i += (ssize_t)strlen(names + i) + 1) {
+		ssize_t n = lgetxattr(from, names + i, val, sizeof(val));
+
+		if (n >= 0 && lsetxattr(to, names + i, val, (size_t)n, 0))
+			mgmtfs_debug("moving across filesystems: an xattr was not kept: %m");
+	}
+}
+
+/* Owner, mode and times of @st on @to; mode after owner (chown clears setuid). */
+static void copy_meta(const char *to, const struct stat *st)
+{
+	const struct timespec tv[2] = { st->st_atim, st->st_mtim };
+
+	if (lchown(to, st->st_uid, st->st_gid))
+		mgmtfs_debug("moving across filesystems: owner not kept: %m");
+	if (!S_ISLNK(st->st_mode) && chmod(to, st->st_mode & 07777))
+		mgmtfs_debug("moving across filesystems: mode not kept: %m");
+	if (utimensat(AT_FDCWD, to, tv, AT_SYMLINK_NOFOLLOW))
+		mgmtfs_debug("moving across filesystems: times not kept: %m");
+}
+
+static int copy_file(const char *from, const char *to, const struct stat *st)
+{
 	int in = -1, out = -1, rc = 0;
 
 	in = open(from, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-	if (in < 0 || fstat(in, &st))
-		goto fail;
-	if (!S_ISREG(st.st_mode)) {
-		errno = EXDEV;
-		goto fail;
+	if (in < 0)
+		return -errno;
+	out = open(to, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (out < 0) {
+		rc = -errno;
+		goto out;
 	}
-	out = open(to, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, st.st_mode & 07777);
-	if (out < 0)
-		goto fail;
-	for (off_t left = st.st_size; left > 0;) {
-		ssize_t n = copy_file_range(in, NULL, out, NULL, (size_t)left, 0);
-
-		if (n <= 0) {
-			if (n == 0)
-				errno = EIO;
-			unlink(to);
-			goto fail;
-		}
-		left -= n;
+	rc = copy_data(in, out);
+	if (!rc && fsync(out))
+		rc = -errno;
+	if (close(out) && !rc)
+		rc = -errno;
+	out = -1;
+	if (rc) {
+		unlink(to);
+		goto out;
 	}
-	if (fchown(out, st.st_uid, st.st_gid) || fsync(out))
-		mgmtfs_debug("moving across filesystems: owner or fsync failed: %m");
-	futimens(out, (struct timespec[2]){ st.st_atim, st.st_mtim });
-	close(out);
+	copy_xattrs(from, to);
+	copy_meta(to, st);
+out:
 	close(in);
-	return unlink(from) ? -errno : 0;
-fail:
-	rc = -errno;
-	if (out >= 0)
-		close(out);
-	if (in >= 0)
-		close(in);
 	return rc;
+}
+
+/* rm -r @path (no error when it is already gone); returns 0 or the first -errno. */
+static int remove_tree(const char *path)
+{
+	char sub[PATH_MAX];
+	struct dirent *de;
+	struct stat st;
+	DIR *dp;
+	int rc = 0;
+
+	if (lstat(path, &st))
+		return errno == ENOENT ? 0 : -errno;
+	if (!S_ISDIR(st.st_mode))
+		return unlink(path) && errno != ENOENT ? -errno : 0;
+	dp = opendir(path);
+	if (!dp)
+		return -errno;
+	while ((de = readdir(dp))) {
+		int r;
+
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+			continue;
+		if (snprintf(sub, sizeof(sub), "%s/%s", path, de->d_name) >= (int)sizeof(sub))
+			r = -ENAMETOOLONG;
+		else
+			r = remove_tree(sub);
+		if (r && !rc)
+			rc = r;
+	}
+	closedir(dp);
+	if (rmdir(path) && !rc)
+		rc = -errno;
+	return rc;
+}
+
+/* Copy the entry @from to @to, which must not exist; a directory whole. */
+static int copy_tree(const char *from, const char *to)
+{
+	char a[PATH_MAX], b[PATH_MAX], target[PATH_MAX];
+	struct dirent *de;
+	struct stat st;
+	DIR *dp = NULL;
+	ssize_t n;
+	int rc = 0;
+
+	if (lstat(from, &st))
+		return -errno;
+	if (S_ISREG(st.st_mode))
+		return copy_file(from, to, &st);
+	if (S_ISLNK(st.st_mode)) {
+		n = readlink(from, target, sizeof(target) - 1);
+		if (n < 0)
+			return -errno;
+		target[n] = '\0';
+		if (symlink(target, to))
+			return -errno;
+		copy_meta(to, &st);
+		return 0;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		if (mknod(to, st.st_mode, st.st_rdev))
+			return -errno;
+		copy_meta(to, &st);
+		return 0;
+	}
+	if (mkdir(to, 0700))
+		return -errno;
+	dp = opendir(from);
+	if (!dp) {
+		rc = -errno;
+		goto out;
+	}
+	while (!rc && (errno = 0, de = readdir(dp))) {
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+			continue;
+		if (snprintf(a, sizeof(a), "%s/%s", from, de->d_name) >= (int)sizeof(a) ||
+		    snprintf(b, sizeof(b), "%s/%s", to, de->d_name) >= (int)sizeof(b))
+			rc = -ENAMETOOLONG;
+		else
+			rc = copy_tree(a, b);
+	}
+	if (!rc && errno)
+		rc = -errno;
+	closedir(dp);
+	if (!rc) {
+		copy_xattrs(from, to);
+		copy_meta(to, &st);	/* last: the entries made changed its mtime */
+	}
+out:
+	if (rc)
+		remove_tree(to);
+	return rc;
+}
+
+/* Move the unit @from to @to (not existing) across filesystems. */
+static int move_across(const char *from, const char *to)
+{
+	char eb[128];
+	int rc = copy_tree(from, to);
+
+	if (rc)
+		return rc;
+	/* the whole copy is in completed_dir: the unit has moved, whatever is left here */
+	rc = remove_tree(from);
+	if (rc)
+		mgmtfs_warn("moved '%s' to '%s' but cannot remove all of the original: %s", from,
+			    to, mgmtfs_strerror(rc, eb, sizeof(eb)));
+	return 0;
 }
 
 int fs_move_to_completed(struct fs *fs, const char *name, const char *dest)

@@ -1,11 +1,15 @@
 """The shape of the mount: a fixed root, a read-only completed/, and xattrs."""
 import ctypes
 import errno
+import hashlib
+import io
 import os
+import subprocess
+import tarfile
 
 import pytest
 
-from helpers import write_source
+from helpers import check_archive, get_xattr, sha256, wait_status, write_source
 
 
 def uploaded(mount, tmp_path, name="done.txt", data=b"done\n"):
@@ -134,3 +138,113 @@ def test_exchange_with_completed_is_refused(mount, tmp_path, direction):
     assert (m.local / "pending" / "held.txt").read_bytes() == b"pending bytes\n"
     assert os.getxattr(done, "user.mgmt.status") == b"completed"
     assert os.getxattr(done, "user.mgmt.original_path") == b"pending/done.txt"
+
+
+@pytest.fixture
+def other_fs(workdir, request):
+    """other_fs(size) -> a fresh tmpfs: another filesystem than local_dir.
+
+    Unmounted after the mount that uses it (ask for this fixture first).
+    """
+    made = []
+
+    def factory(size):
+        d = workdir / f"tmpfs-{request.node.name}-{len(made)}"
+        d.mkdir()
+        p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
+                            str(d)], capture_output=True, text=True)
+        if p.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {p.stderr.strip()}")
+        made.append(d)
+        return d
+
+    yield factory
+    for d in made:
+        if subprocess.run(["umount", str(d)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+def make_album(root):
+    """A tree with set modes and mtimes and an empty dir; {relpath: bytes}."""
+    files = {"a.txt": b"alpha\n" * 100, "sub/big.bin": os.urandom((3 << 20) + 17),
+             "sub/deeper/c.txt": b"c" * 513}
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        write_source(root / os.path.dirname(rel), os.path.basename(rel), data,
+                     mode=0o604, mtime=1600000000)
+    (root / "empty").mkdir()
+    for d, mode in (("sub/deeper", 0o750), ("sub", 0o705), ("empty", 0o700), (".", 0o751)):
+        os.chmod(root / d, mode)
+        os.utime(root / d, (1500000000, 1500000000))
+    return files
+
+
+def tree_digest(root):
+    """{relpath: (kind and sha256, mode, mtime)} of everything under @root."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames + ["."]:
+            p = os.path.join(dirpath, name)
+            rel = os.path.normpath(os.path.relpath(p, root))
+            st = os.lstat(p)
+            if os.path.isdir(p):
+                what = ("dir", None)
+            else:
+                with open(p, "rb") as f:
+                    what = ("file", hashlib.sha256(f.read()).hexdigest())
+            out[rel] = (what, st.st_mode & 0o7777, int(st.st_mtime))
+    return out
+
+
+def test_completed_dir_on_another_filesystem(other_fs, mount, tmp_path):
+    elsewhere = other_fs("64m")
+    m = mount({"completed_dir": elsewhere, "dir_settle": "0.5", "part_size": "1M"})
+    assert os.stat(elsewhere).st_dev != os.stat(m.local / "pending").st_dev
+    data = os.urandom(300 << 10)
+    m.drop(write_source(tmp_path, "clip.bin", data, mode=0o640, mtime=1700000000))
+    src = tmp_path / "album"
+    files = make_album(src)
+    want = tree_digest(src)
+    subprocess.run(["cp", "-r", "--preserve=mode,timestamps", str(src), str(m.path("pending"))],
+                   check=True)
+
+    m.wait_completed("clip.bin", timeout=60)
+    m.wait_completed("album", timeout=60)
+
+    # the bytes (and the tree's modes and mtimes) are in completed_dir, not in pending/
+    assert sha256((elsewhere / "clip.bin").read_bytes()) == sha256(data)
+    assert sha256(m.completed("clip.bin").read_bytes()) == sha256(data)
+    st = os.stat(elsewhere / "clip.bin")
+    assert (st.st_mode & 0o7777, int(st.st_mtime)) == (0o640, 1700000000)
+    assert tree_digest(elsewhere / "album") == want
+    assert tree_digest(m.completed("album")) == want
+    assert not os.path.lexists(m.local / "pending" / "clip.bin")
+    assert not os.path.lexists(m.local / "pending" / "album")
+    assert os.listdir(m.path("pending")) == []
+    assert sorted(os.listdir(m.path("completed"))) == ["album", "clip.bin"]
+
+    for name in ("clip.bin", "album"):
+        done = m.completed(name)
+        assert get_xattr(done, "user.mgmt.status") == "completed"
+        assert get_xattr(done, "user.mgmt.completed_path") == f"completed/{name}"
+    check_archive(m.client.get_object(m.bucket, m.key("clip.bin")), "clip.bin", data, 0o640,
+                  1700000000, tmp_path / "check")
+    with tarfile.open(fileobj=io.BytesIO(m.client.get_object(m.bucket, m.key("album"))),
+                      mode="r:gz") as tf:
+        for rel, body in files.items():
+            assert sha256(tf.extractfile("album/" + rel).read()) == sha256(body), rel
+
+
+def test_move_that_fails_leaves_a_failed_record(other_fs, mount, tmp_path):
+    elsewhere = other_fs("256k")  # too small for the file: the copy runs out of space
+    m = mount({"completed_dir": elsewhere})
+    data = os.urandom(1 << 20)
+    m.drop(write_source(tmp_path, "big.bin", data))
+
+    wait_status(m.pending("big.bin"), "failed", timeout=60)
+    error = get_xattr(m.pending("big.bin"), "user.mgmt.error")
+    assert "completed" in error and "space" in error, error
+    assert sha256(m.pending("big.bin").read_bytes()) == sha256(data)
+    assert sha256((m.local / "pending" / "big.bin").read_bytes()) == sha256(data)
+    assert os.listdir(elsewhere) == []  # no half copy left behind
+    assert os.listdir(m.path("completed")) == []
