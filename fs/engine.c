@@ -542,6 +542,12 @@ void engine_unit_touched(struct engine *e, const char *name, int gone)
 			ready_remove(e, u);
 		unit_remove(e, u);
 		forget = 1;
+	} else if (u && u->state == U_READY) {
+		/* not started yet: wait again (the scheduler sees the writer, if any) */
+		ready_remove(e, u);
+		u->state = U_WAITING;
+		u->due = fs_monotonic() + e->cfg->settle;
+		pthread_cond_signal(&e->sched_cond);
 	} else if (!u && gone) {
 		forget = 1;
 	}
@@ -1533,6 +1539,17 @@ static int move_failed_fn(struct store_record *rec, void *arg)
 	return 0;
 }
 
+/* Opened for writing as it was being moved: queued again, not completed. */
+static int unmoved_fn(struct store_record *rec, void *arg)
+{
+	(void)arg;
+	rec->status = STORE_QUEUED;
+	rec->completed_path[0] = '\0';
+	rec->s3_object_key[0] = '\0';
+	rec->error[0] = '\0';
+	return 0;
+}
+
 /* Record the upload, then move the file (the record first: a crash between is repaired). */
 static void finish_ok(struct engine *e, struct unit *u, const char *name, struct result *r)
 {
@@ -1551,6 +1568,16 @@ static void finish_ok(struct engine *e, struct unit *u, const char *name, struct
 		rc = fs_move_to_completed(e->fs, name, dest);
 	}
 	store_part_clear(e->fs->st, u->id);
+	if (rc == -EBUSY) {
+		/* a writer came after the last check: the last release queues it again */
+		mgmtfs_info("'pending/%s' was opened for writing as its upload finished: "
+			    "uploading it again once closed", name);
+		fs_record_update(e->fs, u->id, unmoved_fn, NULL);
+		pthread_mutex_lock(&e->lock);
+		u->again = 1;
+		pthread_mutex_unlock(&e->lock);
+		return;
+	}
 	/* -ENOENT: removed while it finished; the object is up, as after rm in completed/ */
 	if (rc && rc != -ENOENT)
 		fs_record_update(e->fs, u->id, move_failed_fn,
@@ -1621,6 +1648,13 @@ static void run_unit(struct engine *e, struct s3_client *c, struct unit *u)
 	pthread_mutex_unlock(&e->lock);
 	if (!rec || !r)
 		goto out;
+	/* opened for writing since the scheduler looked: wait for its last release */
+	if (fs_unit_writers(e->fs, name) > 0) {
+		pthread_mutex_lock(&e->lock);
+		u->again = 1;
+		pthread_mutex_unlock(&e->lock);
+		goto out;
+	}
 	rc = fs_record_update(e->fs, u->id, start_fn, &sa);
 	if (rc || !sa.ok || store_get(e->fs->st, u->id, rec))
 		goto out;
@@ -1633,7 +1667,8 @@ static void run_unit(struct engine *e, struct s3_client *c, struct unit *u)
 	 * longer has.  The file is not moved; it is uploaded again (the object
 	 * already there is never overwritten, so it goes to a new key).
 	 */
-	if (rc == 0 && atomic_load(&u->cancel) && !u->gone && !engine_stopping(e)) {
+	if (rc == 0 && (atomic_load(&u->cancel) || fs_unit_writers(e->fs, name) > 0) && !u->gone &&
+	    !engine_stopping(e)) {
 		mgmtfs_info("'pending/%s' changed while its upload finished: uploading it again",
 			    name);
 		r->upload_id[0] = '\0';	/* completed: nothing to abort */

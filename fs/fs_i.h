@@ -40,6 +40,7 @@ struct node {
 };
 
 struct engine;
+struct fh;
 
 struct fs {
 	const struct mgmtfs_config *cfg;	/* borrowed, immutable */
@@ -49,6 +50,7 @@ struct fs {
 	pthread_mutex_t lock;	/* the inode table */
 	pthread_mutex_t rec_lock; /* read-modify-write of records */
 	struct node *root, *pending, *completed;
+	struct fh *open_writers;	/* handles counted in a unit, protected by lock */
 	struct node **ino_hash;
 	struct node **name_hash;
 	size_t hash_size;
@@ -71,11 +73,12 @@ void fs_release_state(struct fs *fs);
 /*
  * Move the unit pending/@name to completed/@dest on disk (no replace) and
  * tell the kernel.  Called by upload workers.  Returns 0, -EEXIST when
- * @dest is taken, -ENOENT when the unit is gone, or -errno.
+ * @dest is taken, -ENOENT when the unit is gone, -EBUSY when something in
+ * it is open for writing, or -errno.
  */
 int fs_move_to_completed(struct fs *fs, const char *name, const char *dest);
 
-/* Number of handles open for writing on anything of unit @name. */
+/* Number of handles open for writing on anything now inside unit @name. */
 int fs_unit_writers(struct fs *fs, const char *name);
 
 /* passthrough.c: FUSE passthrough (see its DESIGN note) */

@@ -49,7 +49,10 @@
 
 struct fh {
 	int fd;
-	int writer;		/* counted in the unit's writers */
+	int writer;		/* open for writing in pending/: on fs->open_writers */
+	fuse_ino_t ino;		/* a writer's inode */
+	struct node *unit;	/* the unit a writer is counted in, protected by fs->lock */
+	struct fh *wnext, **wpprev;	/* fs->open_writers, protected by fs->lock */
 	int wrote;		/* a write happened: the unit was told once */
 	int write_error;	/* a write failed (ENOSPC...): the file is not whole */
 	int backing_id;		/* passthrough: the kernel writes to fd itself */
@@ -66,7 +69,12 @@ struct dh {
 struct fnode {
 	struct node n;
 	uint64_t children;	/* nodes whose parent is this one */
-	int unit_writers;	/* for top-level units: writers anywhere inside */
+	/*
+	 * For top-level units: the writers whose fh->unit is this node, that is
+	 * the handles open for writing on entries inside it.  A node with
+	 * writers counted is never freed, so fh->unit stays valid until release.
+	 */
+	int unit_writers;
 };
 
 static struct fnode *F(struct node *n)
@@ -150,7 +158,7 @@ static void node_maybe_free(struct fs *fs, struct node *n)
 {
 	struct node **pp;
 
-	if (n->pinned || n->nlookup || F(n)->children)
+	if (n->pinned || n->nlookup || F(n)->children || F(n)->unit_writers)
 		return;
 	node_detach(fs, n);
 	for (pp = &fs->ino_hash[hash_ino(fs, n->ino)]; *pp; pp = &(*pp)->ino_next) {
@@ -405,27 +413,82 @@ static int may_create(struct fs *fs, fuse_ino_t parent, enum fs_area *area_out)
 	return area == AREA_COMPLETED ? -EROFS : 0;
 }
 
-/* Count a handle open for writing on @ino (and its unit).  Returns the unit name in @unit. */
-static void writer_add(struct fs *fs, fuse_ino_t ino, int delta, char *unit, size_t unitlen)
+/*
+ * Writers are counted in the unit their entry is in, and each handle keeps
+ * the unit it is counted in (fh->unit), so that its release takes the count
+ * back from exactly there, wherever the entry went meanwhile.  A rename or
+ * an unlink moves the counts of the entries it moved (writers_rehome).
+ */
+
+/* Count @h, open for writing on @ino, in the unit its entry is in now. */
+static void writer_open(struct fs *fs, fuse_ino_t ino, struct fh *h)
+{
+	struct node *n;
+
+	pthread_mutex_lock(&fs->lock);
+	n = ino_get(fs, ino);
+	h->ino = ino;
+	h->unit = n ? node_unit(fs, n) : NULL;
+	if (n)
+		n->writers++;
+	if (h->unit)
+		F(h->unit)->unit_writers++;
+	h->wnext = fs->open_writers;
+	if (h->wnext)
+		h->wnext->wpprev = &h->wnext;
+	h->wpprev = &fs->open_writers;
+	fs->open_writers = h;
+	pthread_mutex_unlock(&fs->lock);
+}
+
+/*
+ * Take @h's count back from the unit it is counted in.  @unit gets that
+ * unit's name when this was its last writer and it is still a unit of
+ * pending/, "" otherwise.
+ */
+static void writer_close(struct fs *fs, struct fh *h, char *unit, size_t unitlen)
 {
 	struct node *n, *u;
-	int now_zero = 0;
 
 	unit[0] = '\0';
 	pthread_mutex_lock(&fs->lock);
-	n = ino_get(fs, ino);
-	u = n ? node_unit(fs, n) : NULL;
-	if (n)
-		n->writers += delta;
+	*h->wpprev = h->wnext;
+	if (h->wnext)
+		h->wnext->wpprev = h->wpprev;
+	n = ino_get(fs, h->ino);
+	if (n && n->writers > 0)
+		n->writers--;
+	u = h->unit;
+	h->unit = NULL;
 	if (u) {
-		F(u)->unit_writers += delta;
-		if (F(u)->unit_writers < 0)
-			F(u)->unit_writers = 0;
-		now_zero = F(u)->unit_writers == 0;
-		if (delta > 0 || now_zero)
+		if (--F(u)->unit_writers == 0 && u->parent == fs->pending)
 			snprintf(unit, unitlen, "%s", u->name);
+		node_maybe_free(fs, u);
 	}
 	pthread_mutex_unlock(&fs->lock);
+}
+
+/*
+ * After entries moved (rename, unlink, the daemon's move to completed/):
+ * count every writer in the unit its entry is in now, none if it left
+ * pending/.  Caller holds fs->lock.
+ */
+static void writers_rehome(struct fs *fs)
+{
+	for (struct fh *h = fs->open_writers; h; h = h->wnext) {
+		struct node *n = ino_get(fs, h->ino), *now = n ? node_unit(fs, n) : NULL, *old;
+
+		if (now == h->unit)
+			continue;
+		old = h->unit;
+		h->unit = now;
+		if (now)
+			F(now)->unit_writers++;
+		if (old) {
+			F(old)->unit_writers--;
+			node_maybe_free(fs, old);
+		}
+	}
 }
 
 int fs_unit_writers(struct fs *fs, const char *name)
@@ -697,7 +760,8 @@ static void remove_entry(fuse_req_t req, fuse_ino_t parent, const char *name, in
 	n = p ? name_get(fs, p, name) : NULL;
 	if (n) {
 		node_detach(fs, n);
-		node_maybe_free(fs, n);
+		node_maybe_free(fs, n);	/* kept while writers are counted in it */
+		writers_rehome(fs);	/* an unlinked file open for writing is in no unit */
 	}
 	pthread_mutex_unlock(&fs->lock);
 	if (area == AREA_PENDING && unit[0] && parent != fs->pending->ino)
@@ -776,6 +840,8 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 			node_detach(fs, n);
 		node_attach(fs, n, np, newname);
 	}
+	/* open writers moved with their entries: count them in their new units */
+	writers_rehome(fs);
 	pthread_mutex_unlock(&fs->lock);
 	/* a unit renamed away is gone; an entry replaced at the top is too */
 	if (parent == fs->pending->ino && !(flags & RENAME_EXCHANGE))
@@ -904,7 +970,7 @@ static void reply_opened(fuse_req_t req, fuse_ino_t ino, const struct fuse_entry
 
 	backing_get(fs, ino, h);
 	if (h->writer)
-		writer_add(fs, ino, 1, unit, sizeof(unit));
+		writer_open(fs, ino, h);
 	fs_pt_next_reply(h->backing_id);
 	rc = e ? fuse_reply_create(req, e, fi) : fuse_reply_open(req, fi);
 	fs_pt_next_reply(0);
@@ -912,7 +978,7 @@ static void reply_opened(fuse_req_t req, fuse_ino_t ino, const struct fuse_entry
 		return;
 	/* the opener was interrupted: nobody will release this handle */
 	if (h->writer)
-		writer_add(fs, ino, -1, unit, sizeof(unit));
+		writer_close(fs, h, unit, sizeof(unit));
 	backing_put(fs, ino, h);
 	close(h->fd);
 	free(h);
@@ -1020,7 +1086,7 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	backing_put(fs, ino, h);
 	close(h->fd);
 	if (h->writer) {
-		writer_add(fs, ino, -1, unit, sizeof(unit));
+		writer_close(fs, h, unit, sizeof(unit));
 		/* the last writer of the unit is gone: queue it (in LMDB) now */
 		if (unit[0] && h->write_error)
 			engine_unit_write_failed(fs->eng, unit, h->write_error);
@@ -1646,6 +1712,9 @@ int fs_move_to_completed(struct fs *fs, const char *name, const char *dest)
 
 	snprintf(from, sizeof(from), "%s/pending/%s", fs->cfg->local_dir, name);
 	snprintf(to, sizeof(to), "%s/%s", fs->cfg->completed_dir, dest);
+	/* open for writing again since the upload: its last release queues it again */
+	if (fs_unit_writers(fs, name) > 0)
+		return -EBUSY;
 	/* on disk first, without the table's lock: a copy across filesystems takes time */
 	rc = renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) ? -errno : 0;
 	if (rc == -EXDEV)
@@ -1659,6 +1728,7 @@ int fs_move_to_completed(struct fs *fs, const char *name, const char *dest)
 		/* a lookup that raced with the move made its own node: keep that one */
 		if (name_get(fs, fs->completed, dest) || node_attach(fs, n, fs->completed, dest))
 			node_maybe_free(fs, n);
+		writers_rehome(fs);	/* one that opened after the check above */
 	}
 	pthread_mutex_unlock(&fs->lock);
 	if (fs->se) {
