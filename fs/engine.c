@@ -1517,14 +1517,23 @@ static int fail_fn(struct store_record *rec, void *arg)
 	return 0;
 }
 
+/*
+ * The object is up but the unit stayed in pending/ (completed_dir full, not
+ * writable...): the record says failed, not completed, and why.  Its error
+ * starts with one of these, which is how the next mount knows that only the
+ * move is left to do (recover_unmoved_cb).
+ */
+#define UNMOVED_UPLOADED  "uploaded as s3://"
+#define UNMOVED_DUPLICATE "same content as s3://"
+
 struct move_fail_arg {
 	const char *name;
 	const char *bucket;
 	const char *key;
+	enum store_status was;	/* completed or duplicate */
 	int err;
 };
 
-/* The object is up but the unit stayed in pending/: say so, not "completed". */
 static int move_failed_fn(struct store_record *rec, void *arg)
 {
 	const struct move_fail_arg *m = arg;
@@ -1533,9 +1542,11 @@ static int move_failed_fn(struct store_record *rec, void *arg)
 	rec->status = STORE_FAILED;
 	rec->completed_path[0] = '\0';
 	snprintf(rec->error, sizeof(rec->error),
-		 "uploaded as s3://%s/%s but moving 'pending/%s' to completed/ failed (%s): "
-		 "make room in completed_dir or fix its permissions, then retry",
-		 m->bucket, m->key, m->name, mgmtfs_strerror(m->err, eb, sizeof(eb)));
+		 "%s%s/%s%s but moving 'pending/%s' to completed/ failed (%s): make room in "
+		 "completed_dir or fix its permissions; the next mount moves it",
+		 m->was == STORE_DUPLICATE ? UNMOVED_DUPLICATE : UNMOVED_UPLOADED, m->bucket,
+		 m->key, m->was == STORE_DUPLICATE ? " (not uploaded again)" : "", m->name,
+		 mgmtfs_strerror(m->err, eb, sizeof(eb)));
 	return 0;
 }
 
@@ -1581,7 +1592,8 @@ static void finish_ok(struct engine *e, struct unit *u, const char *name, struct
 	/* -ENOENT: removed while it finished; the object is up, as after rm in completed/ */
 	if (rc && rc != -ENOENT)
 		fs_record_update(e->fs, u->id, move_failed_fn,
-				 &(struct move_fail_arg){ name, e->cfg->bucket, r->key, rc });
+				 &(struct move_fail_arg){ name, e->cfg->bucket, r->key, r->status,
+							  rc });
 	if (rc)
 		mgmtfs_err("uploaded 'pending/%s' as '%s' but cannot move it to completed/: %s",
 			   name, r->key, mgmtfs_strerror(rc, eb, sizeof(eb)));
@@ -1800,6 +1812,22 @@ static void rescan(struct engine *e, int recover)
 		store_list(e->fs->st, STORE_UPLOADING, rescan_cb, &s);
 }
 
+/*
+ * Is @st (pending/NAME now) the unit @rec uploaded?  Only if no newer record
+ * took the name, the size is the same, and its inode did not change after
+ * the upload ended (a file made there since, e.g. while unmounted after
+ * completed/NAME was removed, is new: queue_unrecorded uploads it).
+ */
+static int is_the_uploaded(struct engine *e, const struct store_record *rec,
+			   const struct stat *st)
+{
+	uint64_t newest;
+
+	return !store_find_path(e->fs->st, rec->original_path, &newest) && newest == rec->id &&
+	       !(S_ISREG(st->st_mode) && (uint64_t)st->st_size != rec->original_size) &&
+	       (int64_t)st->st_ctim.tv_sec <= rec->upload_timestamp;
+}
+
 /* Finish the move of records that were written as completed just before a crash. */
 static int recover_move_cb(const struct store_record *rec, void *arg)
 {
@@ -1807,7 +1835,6 @@ static int recover_move_cb(const struct store_record *rec, void *arg)
 	char from[PATH_MAX], to[PATH_MAX];
 	const char *name, *dest;
 	struct stat st;
-	uint64_t newest;
 
 	if (strncmp(rec->original_path, "pending/", 8) ||
 	    strncmp(rec->completed_path, "completed/", 10))
@@ -1816,17 +1843,7 @@ static int recover_move_cb(const struct store_record *rec, void *arg)
 	dest = rec->completed_path + 10;
 	snprintf(to, sizeof(to), "%s/%s", e->cfg->completed_dir, dest);
 	if (backing_pending(e, name, from, sizeof(from)) || lstat(from, &st) ||
-	    access(to, F_OK) == 0)
-		return 0;
-	/*
-	 * Only if no newer record took the name and the file is the one
-	 * uploaded: same size, and its inode not changed after the upload
-	 * ended (a file made there since, e.g. while unmounted, after
-	 * completed/NAME was removed, is new: queue_unrecorded uploads it).
-	 */
-	if (store_find_path(e->fs->st, rec->original_path, &newest) || newest != rec->id ||
-	    (S_ISREG(st.st_mode) && (uint64_t)st.st_size != rec->original_size) ||
-	    (int64_t)st.st_ctim.tv_sec > rec->upload_timestamp)
+	    access(to, F_OK) == 0 || !is_the_uploaded(e, rec, &st))
 		return 0;
 	if (fs_move_to_completed(e->fs, name, dest) == 0)
 		mgmtfs_info("recovered: moved 'pending/%s' to '%s'", name, rec->completed_path);
@@ -1873,10 +1890,68 @@ static void queue_unrecorded(struct engine *e)
 	free(rec);
 }
 
+struct moved_arg {
+	const char *dest;
+	enum store_status status;
+};
+
+static int moved_fn(struct store_record *rec, void *arg)
+{
+	const struct moved_arg *m = arg;
+
+	rec->status = m->status;
+	snprintf(rec->completed_path, sizeof(rec->completed_path), "completed/%s", m->dest);
+	rec->error[0] = '\0';
+	return 0;
+}
+
+/* Move the units whose upload finished but whose move failed (move_failed_fn). */
+static int recover_unmoved_cb(const struct store_record *rec, void *arg)
+{
+	struct engine *e = arg;
+	enum store_status was = STORE_COMPLETED;
+	char dest[NAME_MAX + 1], from[PATH_MAX], to[PATH_MAX], eb[128];
+	const char *name = rec->original_path + 8;
+	struct stat st;
+	int rc = -EEXIST;
+
+	if (!strncmp(rec->error, UNMOVED_DUPLICATE, strlen(UNMOVED_DUPLICATE)))
+		was = STORE_DUPLICATE;
+	else if (strncmp(rec->error, UNMOVED_UPLOADED, strlen(UNMOVED_UPLOADED)))
+		return 0;
+	if (strncmp(rec->original_path, "pending/", 8) || !rec->s3_object_key[0] ||
+	    !rec->etag[0] || rec->upload_id[0])
+		return 0;
+	if (backing_pending(e, name, from, sizeof(from)) || lstat(from, &st) ||
+	    !is_the_uploaded(e, rec, &st))
+		return 0;
+	for (unsigned i = 0; rc == -EEXIST && i < MAX_NAME_TRIES; i++) {
+		fs_numbered_name(name, i, dest, sizeof(dest));
+		snprintf(to, sizeof(to), "%s/%s", e->cfg->completed_dir, dest);
+		if (access(to, F_OK) == 0)
+			continue;
+		rc = fs_record_update(e->fs, rec->id, moved_fn, &(struct moved_arg){ dest, was });
+		if (rc)
+			break;
+		rc = fs_move_to_completed(e->fs, name, dest);
+	}
+	if (rc) {
+		fs_record_update(e->fs, rec->id, move_failed_fn,
+				 &(struct move_fail_arg){ name, rec->s3_bucket, rec->s3_object_key,
+							  was, rc });
+		mgmtfs_err("'pending/%s' is uploaded but still cannot move to completed/: %s", name,
+			   mgmtfs_strerror(rc, eb, sizeof(eb)));
+		return 0;
+	}
+	mgmtfs_info("recovered: moved 'pending/%s' to 'completed/%s'", name, dest);
+	return 0;
+}
+
 static void recover(struct engine *e)
 {
 	store_list(e->fs->st, STORE_COMPLETED, recover_move_cb, e);
 	store_list(e->fs->st, STORE_DUPLICATE, recover_move_cb, e);
+	store_list(e->fs->st, STORE_FAILED, recover_unmoved_cb, e);
 	rescan(e, 1);
 	queue_unrecorded(e);
 }

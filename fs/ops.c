@@ -1688,14 +1688,33 @@ out:
 	return rc;
 }
 
-/* Move the unit @from to @to (not existing) across filesystems. */
-static int move_across(const char *from, const char *to)
+/*
+ * Move the unit @from to @dir/@dest (not existing) across filesystems.  The
+ * copy is made under a hidden name in @dir and renamed into place once
+ * whole, so that a crash mid-copy never leaves a part at @dest (the next
+ * mount's recovery moves the unit again, over the leftover).
+ */
+static int move_across(const char *from, const char *dir, const char *dest)
 {
-	char eb[128];
-	int rc = copy_tree(from, to);
+	char tmp[PATH_MAX], to[PATH_MAX], eb[128];
+	uint64_t h = 14695981039346656037ull;
+	int rc;
 
+	for (const char *c = dest; *c; c++)
+		h = (h ^ (unsigned char)*c) * 1099511628211ull;
+	if (snprintf(tmp, sizeof(tmp), "%s/.mgmtfs-moving-%016llx", dir, (unsigned long long)h) >=
+		    (int)sizeof(tmp) ||
+	    snprintf(to, sizeof(to), "%s/%s", dir, dest) >= (int)sizeof(to))
+		return -ENAMETOOLONG;
+	remove_tree(tmp);
+	rc = copy_tree(from, tmp);
 	if (rc)
 		return rc;
+	if (renameat2(AT_FDCWD, tmp, AT_FDCWD, to, RENAME_NOREPLACE)) {
+		rc = -errno;
+		remove_tree(tmp);
+		return rc;
+	}
 	/* the whole copy is in completed_dir: the unit has moved, whatever is left here */
 	rc = remove_tree(from);
 	if (rc)
@@ -1718,7 +1737,8 @@ int fs_move_to_completed(struct fs *fs, const char *name, const char *dest)
 	/* on disk first, without the table's lock: a copy across filesystems takes time */
 	rc = renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) ? -errno : 0;
 	if (rc == -EXDEV)
-		rc = access(to, F_OK) == 0 ? -EEXIST : move_across(from, to);
+		rc = access(to, F_OK) == 0 ? -EEXIST
+					   : move_across(from, fs->cfg->completed_dir, dest);
 	if (rc)
 		return rc;
 	pthread_mutex_lock(&fs->lock);

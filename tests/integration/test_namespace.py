@@ -248,3 +248,14 @@ def test_move_that_fails_leaves_a_failed_record(other_fs, mount, tmp_path):
     assert sha256((m.local / "pending" / "big.bin").read_bytes()) == sha256(data)
     assert os.listdir(elsewhere) == []  # no half copy left behind
     assert os.listdir(m.path("completed")) == []
+
+    # room made: the next mount only finishes the move (no second upload)
+    assert m.stop() == []
+    subprocess.run(["mount", "-o", "remount,size=64m", str(elsewhere)], check=True)
+    m.start()
+    m.wait_completed("big.bin", timeout=60)
+    assert sha256((elsewhere / "big.bin").read_bytes()) == sha256(data)
+    assert not os.path.lexists(m.local / "pending" / "big.bin")
+    assert get_xattr(m.completed("big.bin"), "user.mgmt.error") in ("", "<ENODATA>")
+    assert m.client.list_objects(m.bucket, m.prefix + "/") == [m.key("big.bin")]
+    assert "recovered: moved 'pending/big.bin'" in m.log()
