@@ -934,7 +934,9 @@ static int upload_single(struct engine *e, struct s3_client *c, struct unit *u, 
 	s3_client_set_cancel(c, &u->cancel);
 	for (unsigned i = 0; rc == -EEXIST && i < MAX_NAME_TRIES; i++) {
 		object_key(e, name, i, r->fmt, r->key, sizeof(r->key));
-		rc = s3_put_object(c, r->key, buf, len, md5, sha, 1, meta, nmeta, r->etag);
+		rc = s3_put_object(c, r->key, buf, len, md5, sha,
+				   u->upload_again ? S3_PUT_NEW_COPY : S3_PUT_NEW, meta, nmeta,
+				   r->etag);
 	}
 	s3_client_set_cancel(c, NULL);
 	return rc;

@@ -1602,7 +1602,7 @@ int s3_put_object(struct s3_client *c, const char *key, const void *body, size_t
 	if (!rc)
 		rc = op_run(c, &op);
 
-	if (rc == -EEXIST && if_none_match)
+	if (rc == -EEXIST && if_none_match == S3_PUT_NEW)
 		rc = put_taken(c, &op.rq, op.rs.etag);
 	return op_done(&op, rc, etag_out);
 }

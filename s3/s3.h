@@ -155,15 +155,19 @@ int s3_get_tag(struct s3_client *c, const char *key, const char *name, char *out
 
 /*
  * PUT @len bytes at @body as @key.  @md5 (16 bytes) and @sha256_hex (64
- * hex + NUL) may be NULL: they are computed then.  @if_none_match: send
- * If-None-Match: * and return -EEXIST if the key is taken by another
- * object; every 412 is checked with a HEAD, and an object there with the
- * body's MD5 as its ETag and its size is taken as this PUT done (an
- * earlier one whose answer was lost).  @meta: @nmeta x-amz-meta-* headers.
+ * hex + NUL) may be NULL: they are computed then.  @if_none_match: 0, or
+ * one of S3_PUT_NEW*: send If-None-Match: * and return -EEXIST if the key
+ * is taken by another object.  With S3_PUT_NEW every 412 is checked with a
+ * HEAD, and an object there with the body's MD5 as its ETag and its size
+ * is taken as this PUT done (an earlier one whose answer was lost); with
+ * S3_PUT_NEW_COPY (a second copy asked for) any object there is -EEXIST.
+ * @meta: @nmeta x-amz-meta-* headers.
  * On success *etag_out (S3_ETAG_MAX) holds the ETag, checked to be the MD5
  * of the body: -EBADMSG if it is not, retried without @if_none_match, at
  * once with it (the object stays; a retry could only meet it).
  */
+#define S3_PUT_NEW	 1
+#define S3_PUT_NEW_COPY	 2
 int s3_put_object(struct s3_client *c, const char *key, const void *body, size_t len,
 		  const unsigned char *md5, const char *sha256_hex, int if_none_match,
 		  const struct s3_meta *meta, size_t nmeta, char *etag_out);

@@ -384,6 +384,23 @@ def check_dir(m, name, key, data, scratch):
 KINDS = {"file": (make_file, check_file), "directory": (make_dir, check_dir)}
 
 
+def assert_uploaded_again(m, name, first, data, check, tmp_path):
+    """@name, uploaded before with record @first, went up a second time as
+    NAME_1 (a new record, the same content) and is back in completed/."""
+    second_key = f"{m.prefix}/{name}_1.tar.gz"
+    fields = getfattr(m.completed(name))
+    assert fields["user.mgmt.status"] == "completed", f"record {fields}; objects {objects(m)}"
+    assert fields["user.mgmt.s3_object_key"] == second_key, fields
+    assert fields["user.mgmt.id"] != first["user.mgmt.id"], fields
+    assert fields["user.mgmt.checksum"] == first["user.mgmt.checksum"]
+    assert fields["user.mgmt.completed_path"] == f"completed/{name}"
+    assert objects(m) == sorted([m.key(name), second_key])
+    assert uploads_under(m) == []
+    check(m, name, second_key, data, tmp_path / "second")
+    assert not os.path.lexists(m.pending(name))
+    return second_key, fields
+
+
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_rename_back_uploads_again(mount, tmp_path, kind):
     make, check = KINDS[kind]
@@ -398,19 +415,9 @@ def test_rename_back_uploads_again(mount, tmp_path, kind):
     assert not os.path.lexists(m.completed(name))
     wait_landed(m, name)
 
-    second_key = f"{m.prefix}/{name}_1.tar.gz"
-    fields = getfattr(m.completed(name))
     # `mv completed/X pending/` is an explicit "upload it again": not a duplicate
-    assert fields["user.mgmt.status"] == "completed", f"record {fields}; objects {objects(m)}"
-    assert fields["user.mgmt.s3_object_key"] == second_key, fields
-    assert fields["user.mgmt.id"] != first["user.mgmt.id"], fields
-    assert fields["user.mgmt.checksum"] == first["user.mgmt.checksum"]
-    assert fields["user.mgmt.completed_path"] == f"completed/{name}"
-    assert objects(m) == sorted([m.key(name), second_key])
-    assert uploads_under(m) == []
+    second_key, _ = assert_uploaded_again(m, name, first, data, check, tmp_path)
     check(m, name, m.key(name), data, tmp_path / "first")
-    check(m, name, second_key, data, tmp_path / "second")
-    assert not os.path.lexists(m.pending(name))
     assert sorted(r["s3_object_key"] for r in cli_json(m, "list")) == \
         sorted([m.key(name), second_key])
 
@@ -433,20 +440,10 @@ def test_rename_back_uploads_again_after_a_remount(mount, tmp_path, kind):
     remount(m, hold=None)
     wait_landed(m, name)
 
-    second_key = f"{m.prefix}/{name}_1.tar.gz"
-    fields = getfattr(m.completed(name))
-    assert fields["user.mgmt.status"] == "completed", f"record {fields}; objects {objects(m)}"
-    assert fields["user.mgmt.s3_object_key"] == second_key, fields
-    assert fields["user.mgmt.id"] != first["user.mgmt.id"], fields
-    assert fields["user.mgmt.checksum"] == first["user.mgmt.checksum"]
+    _, fields = assert_uploaded_again(m, name, first, data, check, tmp_path)
     assert fields["user.mgmt.original_path"] == f"pending/{name}"
-    assert fields["user.mgmt.completed_path"] == f"completed/{name}"
     assert parse_utc(fields["user.mgmt.upload_timestamp"]) >= \
         parse_utc(first["user.mgmt.upload_timestamp"])
-    assert objects(m) == sorted([m.key(name), second_key])
-    assert uploads_under(m) == []
-    check(m, name, second_key, data, tmp_path / "second")
-    assert not os.path.lexists(m.pending(name))
     assert sorted(r["status"] for r in cli_json(m, "list")) == ["completed", "completed"]
 
 

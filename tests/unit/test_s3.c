@@ -558,10 +558,12 @@ static void test_if_none_match_412_first(void **state)
 		{ CURLE_OK, 503, NULL, NULL, 0, 0 },
 		{ CURLE_OK, 503, NULL, NULL, 0, 0 },
 		{ CURLE_OK, 503, NULL, NULL, 0, 0 },
+		/* a second copy asked for: taken, no HEAD */
+		{ CURLE_OK, 412, NULL, ERRBODY("PreconditionFailed", "x"), 0, 0 },
 	};
 	char etag[S3_ETAG_MAX] = "";
 
-	script(r, 10);
+	script(r, 11);
 	assert_int_equal(s3_put_object(c, "k", "hello", 5, NULL, NULL, 1, NULL, 0, etag), 0);
 	assert_int_equal(mk.calls, 2);
 	assert_true(mk.nobody); /* the second was the HEAD */
@@ -581,6 +583,11 @@ static void test_if_none_match_412_first(void **state)
 	assert_int_equal(s3_put_object(c, "k", "hello", 5, NULL, NULL, 1, NULL, 0, etag), -EAGAIN);
 	assert_int_equal(mk.calls, 10);
 	assert_int_equal(s3_client_http_status(c), 503);
+
+	assert_int_equal(s3_put_object(c, "k", "hello", 5, NULL, NULL, S3_PUT_NEW_COPY, NULL, 0,
+				       etag), -EEXIST);
+	assert_int_equal(mk.calls, 11);
+	assert_int_equal(s3_client_http_status(c), 412);
 }
 
 /*
