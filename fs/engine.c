@@ -338,6 +338,8 @@ static int requeue_fn(struct store_record *rec, void *arg)
 	rec->status = STORE_QUEUED;
 	rec->error[0] = '\0';
 	rec->flags &= ~STORE_F_WRITE_FAILED;	/* written again */
+	rec->etag[0] = '\0';	/* and an earlier upload is not of this content */
+	rec->upload_timestamp = 0;
 	rec->original_size = q->size;
 	rec->progress_done = 0;
 	rec->progress_total = 0;
@@ -1545,7 +1547,8 @@ static int move_failed_fn(struct store_record *rec, void *arg)
 	rec->completed_path[0] = '\0';
 	snprintf(rec->error, sizeof(rec->error),
 		 "%s%s/%s%s but moving 'pending/%s' to completed/ failed (%s): make room in "
-		 "completed_dir or fix its permissions; the next mount moves it",
+		 "completed_dir or fix its permissions; the next mount or mgmtfs retry "
+		 "moves it (no second upload)",
 		 m->was == STORE_DUPLICATE ? UNMOVED_DUPLICATE : UNMOVED_UPLOADED, m->bucket,
 		 m->key, m->was == STORE_DUPLICATE ? " (not uploaded again)" : "", m->name,
 		 mgmtfs_strerror(m->err, eb, sizeof(eb)));
@@ -1649,6 +1652,52 @@ static void requeue(struct engine *e, struct s3_client *c, struct unit *u, struc
 	pthread_mutex_unlock(&e->lock);
 }
 
+/*
+ * Is @st (pending/NAME now) the unit @rec uploaded?  Only if no newer record
+ * took the name, the size is the same, and its inode did not change after
+ * the upload ended (a file made there since, e.g. while unmounted after
+ * completed/NAME was removed, is new: queue_unrecorded uploads it).
+ */
+static int is_the_uploaded(struct engine *e, const struct store_record *rec,
+			   const struct stat *st)
+{
+	uint64_t newest;
+
+	return !store_find_path(e->fs->st, rec->original_path, &newest) && newest == rec->id &&
+	       !(S_ISREG(st->st_mode) && (uint64_t)st->st_size != rec->original_size) &&
+	       (int64_t)st->st_ctim.tv_sec <= rec->upload_timestamp;
+}
+
+/*
+ * The unit's upload finished and only its move failed (move_failed_fn), and
+ * mgmtfs retry queued it: if the file is still the one uploaded and the
+ * object still there, @r is that upload and only the move is left to do.
+ */
+static int uploaded_before(struct engine *e, struct s3_client *c, const struct store_record *rec,
+			   const char *name, struct result *r)
+{
+	struct s3_object_info info;
+	char path[PATH_MAX];
+	struct stat st;
+
+	if (!rec->etag[0] || !rec->s3_object_key[0] || rec->upload_id[0] ||
+	    !rec->upload_timestamp || !rec->checksum[0] ||
+	    strcmp(rec->s3_bucket, e->cfg->bucket) ||
+	    backing_pending(e, name, path, sizeof(path)) || lstat(path, &st) ||
+	    !is_the_uploaded(e, rec, &st) || s3_head_object(c, rec->s3_object_key, &info) ||
+	    strcmp(info.etag, rec->etag))
+		return 0;
+	snprintf(r->key, sizeof(r->key), "%s", rec->s3_object_key);
+	snprintf(r->etag, sizeof(r->etag), "%s", rec->etag);
+	snprintf(r->checksum, sizeof(r->checksum), "%s", rec->checksum);
+	r->in = rec->original_size;
+	r->out = rec->compressed_size;
+	if (arc_format_parse(rec->compression_type, &r->fmt) || r->fmt == ARC_AUTO)
+		r->fmt = ARC_TAR_GZ;
+	mgmtfs_info("'pending/%s' was uploaded before as '%s': only moving it", name, r->key);
+	return 1;
+}
+
 static void run_unit(struct engine *e, struct s3_client *c, struct unit *u)
 {
 	struct store_record *rec = malloc(sizeof(*rec));
@@ -1673,6 +1722,10 @@ static void run_unit(struct engine *e, struct s3_client *c, struct unit *u)
 	if (rc || !sa.ok || store_get(e->fs->st, u->id, rec))
 		goto out;
 	r->status = STORE_COMPLETED;
+	if (uploaded_before(e, c, rec, name, r)) {
+		finish_ok(e, u, name, r);
+		goto out;
+	}
 	mgmtfs_debug("uploading 'pending/%s' (record %llu)", name, (unsigned long long)u->id);
 	rc = upload_unit(e, c, u, rec, name, r);
 	/*
@@ -1812,22 +1865,6 @@ static void rescan(struct engine *e, int recover)
 	store_list(e->fs->st, STORE_QUEUED, rescan_cb, &s);
 	if (recover)
 		store_list(e->fs->st, STORE_UPLOADING, rescan_cb, &s);
-}
-
-/*
- * Is @st (pending/NAME now) the unit @rec uploaded?  Only if no newer record
- * took the name, the size is the same, and its inode did not change after
- * the upload ended (a file made there since, e.g. while unmounted after
- * completed/NAME was removed, is new: queue_unrecorded uploads it).
- */
-static int is_the_uploaded(struct engine *e, const struct store_record *rec,
-			   const struct stat *st)
-{
-	uint64_t newest;
-
-	return !store_find_path(e->fs->st, rec->original_path, &newest) && newest == rec->id &&
-	       !(S_ISREG(st->st_mode) && (uint64_t)st->st_size != rec->original_size) &&
-	       (int64_t)st->st_ctim.tv_sec <= rec->upload_timestamp;
 }
 
 /* Finish the move of records that were written as completed just before a crash. */

@@ -235,10 +235,11 @@ def test_completed_dir_on_another_filesystem(other_fs, mount, tmp_path):
             assert sha256(tf.extractfile("album/" + rel).read()) == sha256(body), rel
 
 
-def test_move_that_fails_leaves_a_failed_record(other_fs, mount, tmp_path):
+@pytest.mark.parametrize("how", ["remount", "retry"])
+def test_move_that_fails_leaves_a_failed_record(other_fs, mount, tmp_path, how):
     elsewhere = other_fs("256k")  # too small for the file: the copy runs out of space
-    m = mount({"completed_dir": elsewhere})
-    data = os.urandom(1 << 20)
+    m = mount({"completed_dir": elsewhere, "part_size": "1M"})  # multipart: no 412 to meet
+    data = os.urandom(3 << 20)
     m.drop(write_source(tmp_path, "big.bin", data))
 
     wait_status(m.pending("big.bin"), "failed", timeout=60)
@@ -249,13 +250,20 @@ def test_move_that_fails_leaves_a_failed_record(other_fs, mount, tmp_path):
     assert os.listdir(elsewhere) == []  # no half copy left behind
     assert os.listdir(m.path("completed")) == []
 
-    # room made: the next mount only finishes the move (no second upload)
-    assert m.stop() == []
+    # room made: the next mount, or mgmtfs retry, only finishes the move
+    # (no second upload)
+    if how == "remount":
+        assert m.stop() == []
     subprocess.run(["mount", "-o", "remount,size=64m", str(elsewhere)], check=True)
-    m.start()
+    if how == "remount":
+        m.start()
+    else:
+        assert m.cli("retry", "pending/big.bin").returncode == 0
     m.wait_completed("big.bin", timeout=60)
     assert sha256((elsewhere / "big.bin").read_bytes()) == sha256(data)
     assert not os.path.lexists(m.local / "pending" / "big.bin")
     assert get_xattr(m.completed("big.bin"), "user.mgmt.error") in ("", "<ENODATA>")
+    assert get_xattr(m.completed("big.bin"), "user.mgmt.status") == "completed"
     assert m.client.list_objects(m.bucket, m.prefix + "/") == [m.key("big.bin")]
-    assert "recovered: moved 'pending/big.bin'" in m.log()
+    if how == "remount":
+        assert "recovered: moved 'pending/big.bin'" in m.log()
