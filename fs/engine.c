@@ -823,6 +823,7 @@ struct result {
 	uint64_t in, out;
 	char error[S3_ERROR_MAX + 256];
 	int resumable;		/* keep the multipart upload for a later resume */
+	int unsure;		/* the complete may have gone through: keep the upload id */
 };
 
 /* Read from the stream until @buf is full or the stream ends. */
@@ -1232,6 +1233,13 @@ static int upload_multi(struct engine *e, struct s3_client *c, struct unit *u,
 		goto out;
 	}
 	rc = s3_mpu_complete(c, r->key, r->upload_id, j.parts, partno, r->etag);
+	/*
+	 * No answer that says it failed (lost, 5xx): the server may have made
+	 * the object.  The upload id stays in the record, so a retry looks
+	 * (the dry run above) instead of sending it all again as NAME_1.
+	 */
+	r->unsure = rc && rc != -ECANCELED &&
+		    (s3_client_http_status(c) == 0 || s3_client_http_status(c) >= 500);
 	if (!rc)
 		rc = s3_head_object(c, r->key, &info);
 	if (rc) {
@@ -1764,10 +1772,11 @@ static void run_unit(struct engine *e, struct s3_client *c, struct unit *u)
 		requeue(e, c, u, r);
 		goto out;
 	}
-	/* failed for good: abort the multipart upload, say why in words */
-	if (r->upload_id[0])
+	/* failed for good: abort the multipart upload (unless it may be done), say why */
+	if (r->upload_id[0] && !r->unsure) {
 		s3_mpu_abort(c, r->key, r->upload_id);
-	r->upload_id[0] = '\0';
+		r->upload_id[0] = '\0';
+	}
 	if (!r->error[0]) {
 		char eb[128];
 

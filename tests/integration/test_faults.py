@@ -222,6 +222,34 @@ def test_lost_answers_of_complete_are_not_uploaded_twice(fault_proxy, mount, tmp
     assert_uploaded_once(m, name, data, tmp_path / "check")
 
 
+def test_lost_complete_that_cannot_be_checked_is_kept_for_retry(fault_proxy, mount, tmp_path):
+    """Every answer to the complete is lost and so is the HEAD that would
+    tell whether the server made the object: the unit fails, but its upload
+    id is kept (not aborted), so `mgmtfs retry` finds the object made and
+    does not send the file again as NAME_1."""
+    m = mount(proxied(fault_proxy, max_attempts=1))
+    name = "reel2.bin"
+    # HEADs of the key: the free-name check, the one before the complete, the
+    # one after its lost answers (the third: 503)
+    fault_proxy.set_rules([
+        {"fault": "drop-response", "match": r"POST .*\?uploadId="},
+        {"fault": "status:503:SlowDown", "match": r"^HEAD ", "every": 3, "first": 1}])
+    data = data_of(MULTI_SIZE, 25)
+    write_file(m.pending(name), data)
+    wait_status(m.pending(name), "failed")
+    fault_proxy.set_rules([])
+    lg = fault_proxy.log()
+    assert set(e[5] for e in lg.find("POST", COMPLETE)) == {"200+RST"}, m.log()
+    assert lg.find("HEAD", None, "503"), "the HEAD after the complete was not failed"
+    assert not lg.find("DELETE", r"\?uploadId="), "the upload that may be done was aborted"
+
+    p = m.cli("retry", str(m.pending(name)))
+    assert p.returncode == 0, diagnose(m, p, name)
+    m.wait_completed(name)
+    assert not fault_proxy.log().find("POST", CREATE, 200)[1:], "uploaded again"
+    assert_uploaded_once(m, name, data, tmp_path / "check")
+
+
 def test_object_already_under_the_key(fault_proxy, mount, tmp_path):
     """The key already holds an object before the upload starts.  Our very
     bytes (what a kill -9 just after the server stored the PUT leaves, the
