@@ -208,7 +208,8 @@ def test_lost_answers_of_complete_are_not_uploaded_twice(fault_proxy, mount, tmp
     data = data_of(MULTI_SIZE, 24)
     write_file(m.pending(name), data)
     deadline = time.monotonic() + WAIT
-    while get_status(m.pending(name)) not in ("failed", None):
+    # None alone is no answer: the record may not be made yet (settle)
+    while get_status(m.pending(name)) != "failed" and not os.path.lexists(m.completed(name)):
         assert time.monotonic() < deadline, "neither failed nor completed"
         time.sleep(0.05)
     fault_proxy.set_rules([])
