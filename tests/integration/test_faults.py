@@ -196,6 +196,17 @@ def test_lost_answer_of_single_put_is_not_uploaded_twice(fault_proxy, mount, tmp
     assert_uploaded_once(m, name, data, tmp_path / "check")
 
 
+def retried_once(fault_proxy, m, name, data, tmp_path, retry=True):
+    """`mgmtfs retry` pending/@name (if @retry): it completes, and the
+    multipart upload made at first is the only one there ever was."""
+    if retry:
+        p = m.cli("retry", str(m.pending(name)))
+        assert p.returncode == 0, diagnose(m, p, name)
+    m.wait_completed(name)
+    assert not fault_proxy.log().find("POST", CREATE, 200)[1:], "uploaded again"
+    assert_uploaded_once(m, name, data, tmp_path / "check")
+
+
 def test_lost_answers_of_complete_are_not_uploaded_twice(fault_proxy, mount, tmp_path):
     """The server completed the multipart upload, but every answer to the
     complete is lost and the call gives up.  The object there has the
@@ -215,12 +226,8 @@ def test_lost_answers_of_complete_are_not_uploaded_twice(fault_proxy, mount, tmp
     fault_proxy.set_rules([])
     completes = [e[5] for e in fault_proxy.log().find("POST", COMPLETE)]
     assert len(completes) >= 3 and set(completes) == {"200+RST"}, completes
-    if get_status(m.pending(name)) == "failed":
-        p = m.cli("retry", str(m.pending(name)))
-        assert p.returncode == 0, diagnose(m, p, name)
-    m.wait_completed(name)
-    assert not fault_proxy.log().find("POST", CREATE, 200)[1:], "uploaded again"
-    assert_uploaded_once(m, name, data, tmp_path / "check")
+    retried_once(fault_proxy, m, name, data, tmp_path,
+                 retry=get_status(m.pending(name)) == "failed")
 
 
 def test_lost_complete_that_cannot_be_checked_is_kept_for_retry(fault_proxy, mount, tmp_path):
@@ -244,11 +251,7 @@ def test_lost_complete_that_cannot_be_checked_is_kept_for_retry(fault_proxy, mou
     assert lg.find("HEAD", None, "503"), "the HEAD after the complete was not failed"
     assert not lg.find("DELETE", r"\?uploadId="), "the upload that may be done was aborted"
 
-    p = m.cli("retry", str(m.pending(name)))
-    assert p.returncode == 0, diagnose(m, p, name)
-    m.wait_completed(name)
-    assert not fault_proxy.log().find("POST", CREATE, 200)[1:], "uploaded again"
-    assert_uploaded_once(m, name, data, tmp_path / "check")
+    retried_once(fault_proxy, m, name, data, tmp_path)
 
 
 def test_object_already_under_the_key(fault_proxy, mount, tmp_path):

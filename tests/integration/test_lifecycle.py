@@ -384,6 +384,17 @@ def check_dir(m, name, key, data, scratch):
 KINDS = {"file": (make_file, check_file), "directory": (make_dir, check_dir)}
 
 
+def uploaded_first(mount, kind, seed):
+    """A mount with one unit of @kind uploaded and in completed/:
+    (mount, name, data, check, its record's xattrs)."""
+    make, check = KINDS[kind]
+    m = mount({"dir_settle": "0.5"})
+    name = "again.bin" if kind == "file" else "album"
+    data = make(m, name, seed)
+    m.wait_completed(name)
+    return m, name, data, check, getfattr(m.completed(name))
+
+
 def assert_uploaded_again(m, name, first, data, check, tmp_path):
     """@name, uploaded before with record @first, went up a second time as
     NAME_1 (a new record, the same content) and is back in completed/."""
@@ -403,12 +414,7 @@ def assert_uploaded_again(m, name, first, data, check, tmp_path):
 
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_rename_back_uploads_again(mount, tmp_path, kind):
-    make, check = KINDS[kind]
-    m = mount({"dir_settle": "0.5"})
-    name = "again.bin" if kind == "file" else "album"
-    data = make(m, name, 7)
-    m.wait_completed(name)
-    first = getfattr(m.completed(name))
+    m, name, data, check, first = uploaded_first(mount, kind, 7)
     assert first["user.mgmt.s3_object_key"] == m.key(name)
 
     os.rename(m.completed(name), m.pending(name))
@@ -427,12 +433,7 @@ def test_rename_back_uploads_again_after_a_remount(mount, tmp_path, kind):
     """The "upload it again" of a rename back from completed/ is in the
     record: a unit renamed back on a held mount is uploaded again (not taken
     for a duplicate of itself) by the next mount."""
-    make, check = KINDS[kind]
-    m = mount({"dir_settle": "0.5"})
-    name = "again.bin" if kind == "file" else "album"
-    data = make(m, name, 8)
-    m.wait_completed(name)
-    first = getfattr(m.completed(name))
+    m, name, data, check, first = uploaded_first(mount, kind, 8)
 
     remount(m, hold=True)
     os.rename(m.completed(name), m.pending(name))
