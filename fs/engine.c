@@ -337,7 +337,7 @@ static int requeue_fn(struct store_record *rec, void *arg)
 
 	rec->status = STORE_QUEUED;
 	rec->error[0] = '\0';
-	rec->flags &= ~STORE_F_WRITE_FAILED;	/* written again */
+	rec->flags &= ~(STORE_F_WRITE_FAILED | STORE_F_UNMOVED | STORE_F_DUPLICATE);	/* written again */
 	rec->etag[0] = '\0';	/* and an earlier upload is not of this content */
 	rec->upload_timestamp = 0;
 	rec->original_size = q->size;
@@ -467,6 +467,26 @@ void engine_unit_write_failed(struct engine *e, const char *name, int err)
 }
 
 /*
+ * The record of a unit that left pending/ goes, unless its upload finished
+ * and only its move failed: that object is up, so the record stays, as
+ * after rm in completed/ (completed or duplicate, no completed_path).
+ * Returns 1 if it stays.
+ */
+static int drop_record(struct store *st, struct store_record *rec)
+{
+	if (!(rec->flags & STORE_F_UNMOVED)) {
+		store_delete(st, rec->id);
+		return 0;
+	}
+	rec->status = rec->flags & STORE_F_DUPLICATE ? STORE_DUPLICATE : STORE_COMPLETED;
+	rec->flags &= ~(STORE_F_UNMOVED | STORE_F_DUPLICATE);
+	rec->error[0] = '\0';
+	rec->completed_path[0] = '\0';
+	store_put(st, rec);
+	return 1;
+}
+
+/*
  * Forget the queue entry of a unit that left pending/ (the record goes too).
  * A multipart upload it had (one an unmount left to resume) is aborted by
  * the scheduler within a second; if the daemon stops first, the next mount
@@ -489,7 +509,7 @@ static void forget_record(struct engine *e, const char *name)
 			snprintf(g->key, sizeof(g->key), "%s", rec->s3_object_key);
 			snprintf(g->upload_id, sizeof(g->upload_id), "%s", rec->upload_id);
 		}
-		store_delete(e->fs->st, id);
+		drop_record(e->fs->st, rec);
 		store_part_clear(e->fs->st, id);
 	}
 	pthread_mutex_unlock(&e->fs->rec_lock);
@@ -1304,7 +1324,7 @@ static int upload_unit(struct engine *e, struct s3_client *c, struct unit *u,
 	struct s3_meta meta[8];
 	struct part_hash ph;
 	unsigned char *buf = NULL, md5[16], carry = 0;
-	char path[PATH_MAX], sha[65], psha[65], size_s[32], time_s[32], eb[128];
+	char path[PATH_MAX], sha[65], psha[65], size_s[32], time_s[32], id_s[32], eb[128];
 	ssize_t more = 0;
 	size_t nmeta = 0, part_size = 0, cap = 0, held = 0;
 	uint64_t total;
@@ -1397,6 +1417,9 @@ static int upload_unit(struct engine *e, struct s3_client *c, struct unit *u,
 	put_meta(meta, &nmeta, "mgmt-original-size", size_s);
 	put_meta(meta, &nmeta, "mgmt-compression", arc_format_name(r->fmt));
 	put_meta(meta, &nmeta, "mgmt-started-at", time_s);
+	/* tells this upload's object from an earlier copy of the same bytes */
+	snprintf(id_s, sizeof(id_s), "%llu", (unsigned long long)rec->id);
+	put_meta(meta, &nmeta, "mgmt-record-id", id_s);
 	if (!more) {
 		/* the whole stream fits in one part: its checksum is known before the PUT */
 		arc_stream_sha256(as, sha);
@@ -1502,6 +1525,7 @@ static int done_fn(struct store_record *rec, void *arg)
 	rec->error[0] = '\0';
 	rec->progress_done = rec->progress_total = 0;
 	rec->upload_id[0] = '\0';
+	rec->flags &= ~(STORE_F_UNMOVED | STORE_F_DUPLICATE);
 	return 0;
 }
 
@@ -1553,6 +1577,9 @@ static int move_failed_fn(struct store_record *rec, void *arg)
 
 	rec->status = STORE_FAILED;
 	rec->completed_path[0] = '\0';
+	rec->flags |= STORE_F_UNMOVED;
+	if (m->was == STORE_DUPLICATE)
+		rec->flags |= STORE_F_DUPLICATE;
 	snprintf(rec->error, sizeof(rec->error),
 		 "%s%s/%s%s but moving 'pending/%s' to completed/ failed (%s): make room in "
 		 "completed_dir or fix its permissions; the next mount or mgmtfs retry "
@@ -1688,7 +1715,8 @@ static int uploaded_before(struct engine *e, struct s3_client *c, const struct s
 	char path[PATH_MAX];
 	struct stat st;
 
-	if (!rec->etag[0] || !rec->s3_object_key[0] || rec->upload_id[0] ||
+	if (!(rec->flags & STORE_F_UNMOVED) || !rec->etag[0] || !rec->s3_object_key[0] ||
+	    rec->upload_id[0] ||
 	    !rec->upload_timestamp || !rec->checksum[0] ||
 	    strcmp(rec->s3_bucket, e->cfg->bucket) ||
 	    backing_pending(e, name, path, sizeof(path)) || lstat(path, &st) ||
@@ -1702,6 +1730,7 @@ static int uploaded_before(struct engine *e, struct s3_client *c, const struct s
 	r->out = rec->compressed_size;
 	if (arc_format_parse(rec->compression_type, &r->fmt) || r->fmt == ARC_AUTO)
 		r->fmt = ARC_TAR_GZ;
+	r->status = rec->flags & STORE_F_DUPLICATE ? STORE_DUPLICATE : STORE_COMPLETED;
 	mgmtfs_info("'pending/%s' was uploaded before as '%s': only moving it", name, r->key);
 	return 1;
 }
@@ -1950,6 +1979,7 @@ static int moved_fn(struct store_record *rec, void *arg)
 	rec->status = m->status;
 	snprintf(rec->completed_path, sizeof(rec->completed_path), "completed/%s", m->dest);
 	rec->error[0] = '\0';
+	rec->flags &= ~(STORE_F_UNMOVED | STORE_F_DUPLICATE);
 	return 0;
 }
 
@@ -2052,8 +2082,11 @@ static void forget_gone(struct engine *e, struct orphan_arg *o, struct s3_client
 			continue;
 		if (rec->upload_id[0])
 			s3_mpu_abort(c, rec->s3_object_key, rec->upload_id);
-		mgmtfs_info("'%s' is gone: its queue entry is dropped", rec->original_path);
-		store_delete(e->fs->st, rec->id);
+		if (drop_record(e->fs->st, rec))
+			mgmtfs_info("'%s' is gone: its upload s3://%s/%s stays recorded",
+				    rec->original_path, rec->s3_bucket, rec->s3_object_key);
+		else
+			mgmtfs_info("'%s' is gone: its queue entry is dropped", rec->original_path);
 		rec->upload_id[0] = '\0';
 	}
 }

@@ -1561,15 +1561,34 @@ static int check_etag_new(struct s3_client *c, const struct s3_req *rq, struct s
  * takes another name.  A HEAD that cannot tell returns its own error, so
  * a 412 is never taken for a taken key unseen.
  */
-static int put_taken(struct s3_client *c, const struct s3_req *rq, char *etag_out)
+struct meta_match {
+	const struct s3_meta *meta;
+	size_t nmeta, same;
+};
+
+static int meta_match_cb(const char *name, const char *value, void *arg)
 {
+	struct meta_match *mm = arg;
+
+	for (size_t i = 0; i < mm->nmeta; i++)
+		if (!strcmp(mm->meta[i].name, name) && !strcmp(mm->meta[i].value, value))
+			mm->same++;
+	return 0;
+}
+
+static int put_taken(struct s3_client *c, const struct s3_req *rq, const struct s3_meta *meta,
+		     size_t nmeta, int copy, char *etag_out)
+{
+	struct meta_match mm = { meta, nmeta, 0 };
 	struct s3_object_info oi;
 	char saved[S3_ERROR_MAX], k[S3_ESC_MAX];
 	int rc;
 
 	memcpy(saved, c->err, sizeof(saved));
-	rc = s3_head_object(c, rq->key, &oi);
-	if (rc == 0 && oi.size == rq->len && strcasecmp(oi.etag, rq->md5_hex) == 0) {
+	rc = s3_head_object_meta(c, rq->key, &oi, meta_match_cb, &mm);
+	/* a second copy: the same bytes there are the first one unless its metadata is ours */
+	if (rc == 0 && oi.size == rq->len && strcasecmp(oi.etag, rq->md5_hex) == 0 &&
+	    (!copy || mm.same == nmeta)) {
 		mgmtfs_info("s3: PUT '%s': 412, but the object there has our MD5 and size: "
 			    "it is this upload, done",
 			    esc(rq->key, k, sizeof(k)));
@@ -1602,8 +1621,9 @@ int s3_put_object(struct s3_client *c, const char *key, const void *body, size_t
 	if (!rc)
 		rc = op_run(c, &op);
 
-	if (rc == -EEXIST && if_none_match == S3_PUT_NEW)
-		rc = put_taken(c, &op.rq, op.rs.etag);
+	if (rc == -EEXIST && if_none_match)
+		rc = put_taken(c, &op.rq, meta, nmeta, if_none_match == S3_PUT_NEW_COPY,
+			       op.rs.etag);
 	return op_done(&op, rc, etag_out);
 }
 

@@ -160,7 +160,8 @@ int s3_get_tag(struct s3_client *c, const char *key, const char *name, char *out
  * is taken by another object.  With S3_PUT_NEW every 412 is checked with a
  * HEAD, and an object there with the body's MD5 as its ETag and its size
  * is taken as this PUT done (an earlier one whose answer was lost); with
- * S3_PUT_NEW_COPY (a second copy asked for) any object there is -EEXIST.
+ * S3_PUT_NEW_COPY (a second copy asked for) only if it also carries every
+ * one of @meta (so the first copy, whose metadata differs, is -EEXIST).
  * @meta: @nmeta x-amz-meta-* headers.
  * On success *etag_out (S3_ETAG_MAX) holds the ETag, checked to be the MD5
  * of the body: -EBADMSG if it is not, retried without @if_none_match, at

@@ -72,6 +72,9 @@ struct store_record {
 
 /* The local file is incomplete (a write into it failed): only writing it again requeues it. */
 #define STORE_F_WRITE_FAILED 0x1u
+/* Uploaded (or a duplicate: STORE_F_DUPLICATE), but the move to completed/ failed. */
+#define STORE_F_UNMOVED	     0x2u
+#define STORE_F_DUPLICATE    0x4u
 
 /* Names and values of the public fields, in the SPEC's order. */
 extern const char *const store_field_names[];	/* NULL-terminated */

@@ -254,6 +254,25 @@ def test_lost_complete_that_cannot_be_checked_is_kept_for_retry(fault_proxy, mou
     retried_once(fault_proxy, m, name, data, tmp_path)
 
 
+def test_lost_answer_of_a_second_copy_is_not_a_third(fault_proxy, mount, tmp_path):
+    """A unit moved back from completed/ asks for a second copy (NAME_1): its
+    PUT's answer is lost, the retry meets that very object (412), and it is
+    taken as the PUT done, not stored again as NAME_2."""
+    m = mount(proxied(fault_proxy))
+    name = "twice.bin"
+    data = data_of(SMALL, 26)
+    write_file(m.pending(name), data)
+    m.wait_completed(name)
+    second = f"{m.prefix}/{name}_1.tar.gz"
+    fault_proxy.set_rules([{"fault": "drop-response", "first": 1,
+                            "match": "^PUT " + re.escape(f"/{m.bucket}/{second}") + " "}])
+    os.rename(m.completed(name), m.pending(name))
+    wait_status(m.completed(name), "completed")
+    assert get_xattr(m.completed(name), "user.mgmt.s3_object_key") == second
+    assert sorted(m.client.list_objects(m.bucket, m.prefix + "/")) == sorted([m.key(name), second])
+    assert [e[5] for e in fault_proxy.log().find("PUT", re.escape(second))] == ["200+RST", "412"]
+
+
 def test_object_already_under_the_key(fault_proxy, mount, tmp_path):
     """The key already holds an object before the upload starts.  Our very
     bytes (what a kill -9 just after the server stored the PUT leaves, the

@@ -3,6 +3,7 @@ import ctypes
 import errno
 import hashlib
 import io
+import json
 import os
 import subprocess
 import tarfile
@@ -267,3 +268,50 @@ def test_move_that_fails_leaves_a_failed_record(other_fs, mount, tmp_path, how):
     assert m.client.list_objects(m.bucket, m.prefix + "/") == [m.key("big.bin")]
     if how == "remount":
         assert "recovered: moved 'pending/big.bin'" in m.log()
+
+
+def unmoved(other_fs, mount, tmp_path, units):
+    """Upload @units [(name, data)...] with completed_dir on a tmpfs that is
+    read-only from the second on: every unit after the first is uploaded (or
+    a duplicate) but not moved.  Returns the mount (the tmpfs rw again)."""
+    elsewhere = other_fs("64m")
+    m = mount({"completed_dir": elsewhere})
+    (first, data), *rest = units
+    m.drop(write_source(tmp_path, first, data))
+    m.wait_completed(first)
+    subprocess.run(["mount", "-o", "remount,ro", str(elsewhere)], check=True)
+    for name, data in rest:
+        m.drop(write_source(tmp_path, name, data))
+        wait_status(m.pending(name), "failed", timeout=60)
+    subprocess.run(["mount", "-o", "remount,rw", str(elsewhere)], check=True)
+    return m
+
+
+def test_retry_of_an_unmoved_duplicate_stays_a_duplicate(other_fs, mount, tmp_path):
+    data = os.urandom(100 << 10)
+    m = unmoved(other_fs, mount, tmp_path, [("x.bin", data), ("y.bin", data)])
+    assert get_xattr(m.pending("y.bin"), "user.mgmt.error").startswith("same content as")
+    assert m.cli("retry", "pending/y.bin").returncode == 0
+    wait_status(m.completed("y.bin"), "duplicate", timeout=60)
+    assert get_xattr(m.completed("y.bin"), "user.mgmt.s3_object_key") == m.key("x.bin")
+    assert m.client.list_objects(m.bucket, m.prefix + "/") == [m.key("x.bin")]
+
+
+def test_removed_unmoved_unit_keeps_its_record(other_fs, mount, tmp_path):
+    """rm of a unit whose upload is done but whose move failed: the object
+    is up, so its record stays (completed, as after rm in completed/), and
+    the same content later is a duplicate of it, not a second upload."""
+    data = os.urandom(100 << 10)
+    m = unmoved(other_fs, mount, tmp_path, [("first.bin", os.urandom(10)), ("up.bin", data)])
+    rid = int(get_xattr(m.pending("up.bin"), "user.mgmt.id"))
+    os.unlink(m.pending("up.bin"))
+    recs = {r["id"]: r for r in json.loads(m.cli("list", "--json").stdout)}
+    assert rid in recs, "the record of an uploaded object went with its file"
+    assert recs[rid]["status"] == "completed", recs[rid]
+    assert recs[rid]["s3_object_key"] == m.key("up.bin")
+
+    (tmp_path / "again").mkdir()
+    m.drop(write_source(tmp_path / "again", "again.bin", data))
+    wait_status(m.completed("again.bin"), "duplicate", timeout=60)
+    assert sorted(m.client.list_objects(m.bucket, m.prefix + "/")) == \
+        sorted([m.key("first.bin"), m.key("up.bin")])

@@ -558,12 +558,19 @@ static void test_if_none_match_412_first(void **state)
 		{ CURLE_OK, 503, NULL, NULL, 0, 0 },
 		{ CURLE_OK, 503, NULL, NULL, 0, 0 },
 		{ CURLE_OK, 503, NULL, NULL, 0, 0 },
-		/* a second copy asked for: taken, no HEAD */
+		/* a second copy asked for: the same bytes without our metadata are the first */
 		{ CURLE_OK, 412, NULL, ERRBODY("PreconditionFailed", "x"), 0, 0 },
+		{ CURLE_OK, 200, "ETag: \"" MD5_HELLO "\"\nContent-Length: 5\n"
+				 "x-amz-meta-mgmt-record-id: 6\n", NULL, 0, 0 },
+		/* ... and with it, this copy's own PUT whose answer was lost */
+		{ CURLE_OK, 412, NULL, ERRBODY("PreconditionFailed", "x"), 0, 0 },
+		{ CURLE_OK, 200, "ETag: \"" MD5_HELLO "\"\nContent-Length: 5\n"
+				 "x-amz-meta-mgmt-record-id: 7\n", NULL, 0, 0 },
 	};
+	const struct s3_meta id7 = { "mgmt-record-id", "7" };
 	char etag[S3_ETAG_MAX] = "";
 
-	script(r, 11);
+	script(r, 14);
 	assert_int_equal(s3_put_object(c, "k", "hello", 5, NULL, NULL, 1, NULL, 0, etag), 0);
 	assert_int_equal(mk.calls, 2);
 	assert_true(mk.nobody); /* the second was the HEAD */
@@ -584,10 +591,13 @@ static void test_if_none_match_412_first(void **state)
 	assert_int_equal(mk.calls, 10);
 	assert_int_equal(s3_client_http_status(c), 503);
 
-	assert_int_equal(s3_put_object(c, "k", "hello", 5, NULL, NULL, S3_PUT_NEW_COPY, NULL, 0,
+	assert_int_equal(s3_put_object(c, "k", "hello", 5, NULL, NULL, S3_PUT_NEW_COPY, &id7, 1,
 				       etag), -EEXIST);
-	assert_int_equal(mk.calls, 11);
+	assert_int_equal(mk.calls, 12);
 	assert_int_equal(s3_client_http_status(c), 412);
+	assert_int_equal(s3_put_object(c, "k", "hello", 5, NULL, NULL, S3_PUT_NEW_COPY, &id7, 1,
+				       etag), 0);
+	assert_int_equal(mk.calls, 14);
 }
 
 /*
