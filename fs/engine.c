@@ -370,6 +370,12 @@ static int unit_changed(struct engine *e, const char *name, int again)
 	rc = store_find_path(e->fs->st, rel, &id);
 	if (!rc)
 		rc = store_get(e->fs->st, id, rec);
+	if (!rc && status_active(rec->status) && dir && (rec->flags & STORE_F_WRITE_FAILED)) {
+		/* a good write elsewhere in a directory does not make its incomplete file whole */
+		pthread_mutex_unlock(&e->fs->rec_lock);
+		free(rec);
+		return 0;
+	}
 	if (!rc && status_active(rec->status)) {
 		requeue_fn(rec, &q);
 	} else {
@@ -413,6 +419,7 @@ int engine_unit_again(struct engine *e, const char *name)
 struct werr_arg {
 	const char *name;
 	int err;
+	int dir;
 };
 
 static int write_failed_fn(struct store_record *rec, void *arg)
@@ -424,19 +431,23 @@ static int write_failed_fn(struct store_record *rec, void *arg)
 	rec->flags |= STORE_F_WRITE_FAILED;
 	snprintf(rec->error, sizeof(rec->error),
 		 "writing 'pending/%s' failed (%s): the file is incomplete and was not "
-		 "uploaded; free space if needed and write it again",
-		 w->name, mgmtfs_strerror(w->err, eb, sizeof(eb)));
+		 "uploaded; free space if needed and write it again%s",
+		 w->name, mgmtfs_strerror(w->err, eb, sizeof(eb)),
+		 w->dir ? ", then move the directory out of pending/ and back" : "");
 	return 0;
 }
 
 void engine_unit_write_failed(struct engine *e, const char *name, int err)
 {
-	char rel[PATH_MAX];
+	char rel[PATH_MAX], path[PATH_MAX];
+	struct stat st;
 	uint64_t id;
-	int rc;
+	int rc, dir;
 
 	if (cfg_name_ignored(e->cfg, name))
 		return;
+	dir = !backing_pending(e, name, path, sizeof(path)) && !lstat(path, &st) &&
+	      S_ISDIR(st.st_mode);
 	/* make sure a record exists (queued), then mark it failed; never schedule it */
 	rc = engine_unit_changed(e, name);
 	pthread_mutex_lock(&e->lock);
@@ -456,7 +467,7 @@ void engine_unit_write_failed(struct engine *e, const char *name, int err)
 	pthread_mutex_unlock(&e->lock);
 	pending_rel(name, rel, sizeof(rel));
 	if (!rc && !store_find_path(e->fs->st, rel, &id))
-		fs_record_update(e->fs, id, write_failed_fn, &(struct werr_arg){ name, err });
+		fs_record_update(e->fs, id, write_failed_fn, &(struct werr_arg){ name, err, dir });
 	{
 		char eb[128];
 

@@ -567,15 +567,45 @@ def test_enospc_fails_writer_and_uploads_nothing(small_fs, fault_proxy, mount, t
         "a request for the file that hit ENOSPC reached the server"
 
 
+def records_elsewhere(small_fs, workdir, request):
+    """local_dir on @small_fs with its record database on another filesystem
+    (so a full disk fails the files, not the records)."""
+    local = small_fs / "local"
+    db = workdir / f"db-{request.node.name}"
+    db.mkdir()
+    local.mkdir()
+    (local / ".mgmt").symlink_to(db)
+    return local
+
+
+def test_enospc_in_a_directory_stays_failed(small_fs, fault_proxy, mount, workdir, request):
+    """A file of a directory unit hits ENOSPC; space comes back and another
+    file of the directory is written whole: the directory still holds an
+    incomplete file, so it stays failed and nothing of it is uploaded."""
+    local = records_elsewhere(small_fs, workdir, request)
+    filler = small_fs / "filler"
+    filler.write_bytes(b"\0" * (2 << 20))
+    m = mount(proxied(fault_proxy, local_dir=local, dir_settle="0.5"))
+    m.local = local
+    os.mkdir(m.pending("album"))
+    written, err = write_until_error(m.pending("album") / "big.bin", limit=64 << 20)
+    assert err is not None and err.errno == errno.ENOSPC, (written, err)
+    wait_status(m.pending("album"), "failed")
+    filler.unlink()
+    write_file(m.pending("album") / "small.txt", b"whole\n")
+    time.sleep(3)  # dir_settle is 0.5 s: a wrongly queued upload would have started
+    assert get_status(m.pending("album")) == "failed"
+    error = get_xattr(m.pending("album"), "user.mgmt.error")
+    assert "move the directory out of pending/ and back" in error, error
+    assert m.client.list_objects(m.bucket, m.prefix + "/") == []
+    assert not fault_proxy.log().find("PUT", "/album"), "the incomplete directory was uploaded"
+
+
 def test_enospc_during_upload_stays_failed(small_fs, fault_proxy, mount, workdir, request):
     """A file rewritten while its upload is in flight, and the rewrite hits
     ENOSPC: the upload is cancelled and the truncated file is never uploaded,
     neither by the cancelled upload's requeue nor by `mgmtfs retry --failed`."""
-    local = small_fs / "local"
-    db = workdir / f"db-{request.node.name}"  # the records are not on the full disk
-    db.mkdir()
-    local.mkdir()
-    (local / ".mgmt").symlink_to(db)
+    local = records_elsewhere(small_fs, workdir, request)
     m = mount(proxied(fault_proxy, local_dir=local))
     m.local = local
     name = "rewritten.bin"
