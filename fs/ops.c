@@ -1700,7 +1700,8 @@ static int move_across(const char *from, const char *dir, const char *dest)
 	uint64_t h = 14695981039346656037ull;
 	int rc;
 
-	for (const char *c = dest; *c; c++)
+	/* named after the unit, not @dest: two units may try one @dest at once */
+	for (const char *c = from; *c; c++)
 		h = (h ^ (unsigned char)*c) * 1099511628211ull;
 	if (snprintf(tmp, sizeof(tmp), "%s/.mgmtfs-moving-%016llx", dir, (unsigned long long)h) >=
 		    (int)sizeof(tmp) ||
@@ -1710,8 +1711,10 @@ static int move_across(const char *from, const char *dir, const char *dest)
 	rc = copy_tree(from, tmp);
 	if (rc)
 		return rc;
-	if (renameat2(AT_FDCWD, tmp, AT_FDCWD, to, RENAME_NOREPLACE)) {
-		rc = -errno;
+	rc = renameat2(AT_FDCWD, tmp, AT_FDCWD, to, RENAME_NOREPLACE) ? -errno : 0;
+	if (rc == -EINVAL)	/* no RENAME_NOREPLACE there (NFS, CIFS): check, then rename */
+		rc = access(to, F_OK) == 0 ? -EEXIST : rename(tmp, to) ? -errno : 0;
+	if (rc) {
 		remove_tree(tmp);
 		return rc;
 	}
