@@ -46,6 +46,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -1704,14 +1705,41 @@ static void requeue(struct engine *e, struct s3_client *c, struct unit *u, struc
  * the upload ended (a file made there since, e.g. while unmounted after
  * completed/NAME was removed, is new: queue_unrecorded uploads it).
  */
-static int is_the_uploaded(struct engine *e, const struct store_record *rec,
+/* A directory's walk (nftw has no argument for its callback: one per thread). */
+static _Thread_local struct {
+	int64_t since;
+	uint64_t bytes;
+	int changed;
+} tree;
+
+static int tree_cb(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	(void)path;
+	(void)flag;
+	(void)ftw;
+	if ((int64_t)st->st_ctim.tv_sec > tree.since)
+		tree.changed = 1;
+	if (S_ISREG(st->st_mode))
+		tree.bytes += (uint64_t)st->st_size;
+	return tree.changed;
+}
+
+static int is_the_uploaded(struct engine *e, const struct store_record *rec, const char *path,
 			   const struct stat *st)
 {
 	uint64_t newest;
 
-	return !store_find_path(e->fs->st, rec->original_path, &newest) && newest == rec->id &&
-	       !(S_ISREG(st->st_mode) && (uint64_t)st->st_size != rec->original_size) &&
-	       (int64_t)st->st_ctim.tv_sec <= rec->upload_timestamp;
+	if (store_find_path(e->fs->st, rec->original_path, &newest) || newest != rec->id)
+		return 0;
+	if (!S_ISDIR(st->st_mode))
+		return (uint64_t)st->st_size == rec->original_size &&
+		       (int64_t)st->st_ctim.tv_sec <= rec->upload_timestamp;
+	/* a directory: nothing anywhere inside changed since, and its files add up */
+	tree.since = rec->upload_timestamp;
+	tree.bytes = 0;
+	tree.changed = 0;
+	return nftw(path, tree_cb, 16, FTW_PHYS) == 0 && !tree.changed &&
+	       tree.bytes == rec->original_size;
 }
 
 /*
@@ -1731,7 +1759,7 @@ static int uploaded_before(struct engine *e, struct s3_client *c, const struct s
 	    !rec->upload_timestamp || !rec->checksum[0] ||
 	    strcmp(rec->s3_bucket, e->cfg->bucket) ||
 	    backing_pending(e, name, path, sizeof(path)) || lstat(path, &st) ||
-	    !is_the_uploaded(e, rec, &st) || s3_head_object(c, rec->s3_object_key, &info) ||
+	    !is_the_uploaded(e, rec, path, &st) || s3_head_object(c, rec->s3_object_key, &info) ||
 	    strcmp(info.etag, rec->etag))
 		return 0;
 	snprintf(r->key, sizeof(r->key), "%s", rec->s3_object_key);
@@ -1931,7 +1959,7 @@ static int recover_move_cb(const struct store_record *rec, void *arg)
 	dest = rec->completed_path + 10;
 	snprintf(to, sizeof(to), "%s/%s", e->cfg->completed_dir, dest);
 	if (backing_pending(e, name, from, sizeof(from)) || lstat(from, &st) ||
-	    access(to, F_OK) == 0 || !is_the_uploaded(e, rec, &st))
+	    access(to, F_OK) == 0 || !is_the_uploaded(e, rec, from, &st))
 		return 0;
 	if (fs_move_to_completed(e->fs, name, dest) == 0)
 		mgmtfs_info("recovered: moved 'pending/%s' to '%s'", name, rec->completed_path);
@@ -2011,9 +2039,13 @@ static int recover_unmoved_cb(const struct store_record *rec, void *arg)
 	if (strncmp(rec->original_path, "pending/", 8) || !rec->s3_object_key[0] ||
 	    !rec->etag[0] || rec->upload_id[0])
 		return 0;
-	if (backing_pending(e, name, from, sizeof(from)) || lstat(from, &st) ||
-	    !is_the_uploaded(e, rec, &st))
+	if (backing_pending(e, name, from, sizeof(from)) || lstat(from, &st))
 		return 0;
+	if (!is_the_uploaded(e, rec, from, &st)) {
+		/* changed since its upload (while unmounted): it is uploaded again */
+		unit_changed(e, name, 0);
+		return 0;
+	}
 	for (unsigned i = 0; rc == -EEXIST && i < MAX_NAME_TRIES; i++) {
 		fs_numbered_name(name, i, dest, sizeof(dest));
 		snprintf(to, sizeof(to), "%s/%s", e->cfg->completed_dir, dest);

@@ -376,3 +376,33 @@ def test_new_file_under_an_uploaded_name_is_not_taken_for_it(mount, tmp_path):
                   tmp_path / "new")
     assert m.completed("x.bin").read_bytes() == new
     assert "recovered: moved" not in m.log()
+
+
+def test_unmoved_directory_changed_inside_is_uploaded_again(mount):
+    """A directory uploaded but not moved (completed/ immutable), then a file
+    inside it changed while unmounted: the next mount sees the change (not
+    just the top directory's ctime) and uploads it again instead of moving
+    the changed tree as the one uploaded."""
+    m = mount({"dir_settle": "0.5"})
+    completed_dir = m.local / "completed"
+    subprocess.run(["chattr", "+i", str(completed_dir)], check=True)
+    try:
+        os.mkdir(m.pending("album"))
+        (m.pending("album") / "a.txt").write_bytes(b"old content\n" * 100)
+        deadline = time.monotonic() + 60
+        while get_status(m.pending("album")) != "failed":
+            assert time.monotonic() < deadline, m.log()
+            time.sleep(0.05)
+        assert m.stop() == []
+    finally:
+        subprocess.run(["chattr", "-i", str(completed_dir)], check=True)
+    time.sleep(1.1)  # ctime has whole seconds
+    with open(m.local / "pending" / "album" / "a.txt", "r+b") as f:
+        f.write(b"NEW")
+    restart(m)
+    m.wait_completed("album")
+    local = (m.completed("album") / "a.txt").read_bytes()
+    key = get_xattr(m.completed("album"), "user.mgmt.s3_object_key")
+    with tarfile.open(fileobj=io.BytesIO(m.client.get_object(m.bucket, key)), mode="r:gz") as tf:
+        assert tf.extractfile("album/a.txt").read() == local
+    assert local.startswith(b"NEW")
