@@ -161,6 +161,7 @@ struct engine {
 /* A multipart upload whose unit left pending/ while queued: aborted by the scheduler. */
 struct gone_mpu {
 	struct gone_mpu *next;
+	int tries;
 	char key[STORE_KEY_MAX];
 	char upload_id[512];
 };
@@ -534,28 +535,56 @@ static void forget_record(struct engine *e, const char *name)
 	}
 }
 
-/* Abort the multipart uploads forget_record() left.  Scheduler thread. */
+/*
+ * Abort the multipart uploads forget_record() left.  Scheduler thread, so
+ * one quick try each (no backoff: it must not hold up scheduling); one that
+ * fails is tried again at the next scan, up to GONE_TRIES times.
+ */
+#define GONE_TRIES 60
+
 static void abort_gone(struct engine *e)
 {
+	struct s3_config quick = e->s3cfg;
 	struct s3_client *c = NULL;
-	struct gone_mpu *g;
+	struct gone_mpu *g, *again = NULL;
 
 	pthread_mutex_lock(&e->lock);
 	g = e->gone;
 	e->gone = NULL;
 	pthread_mutex_unlock(&e->lock);
-	if (g && s3_client_new(&e->s3cfg, &c))
+	quick.max_attempts = 1;
+	quick.connect_timeout = 2;
+	quick.stall_seconds = 5;
+	if (g && s3_client_new(&quick, &c))
 		c = NULL;
 	while (g) {
 		struct gone_mpu *next = g->next;
+		int rc = c ? s3_mpu_abort(c, g->key, g->upload_id) : -EAGAIN;
 
-		if (c && s3_mpu_abort(c, g->key, g->upload_id) == 0)
+		if (rc == 0)
 			mgmtfs_info("aborted the multipart upload of '%s': its file was removed",
 				    g->key);
-		free(g);
+		if (rc && ++g->tries < GONE_TRIES) {
+			g->next = again;
+			again = g;
+		} else {
+			if (rc)
+				mgmtfs_warn("cannot abort the multipart upload of '%s' (upload id %s) "
+					    "left by a removed file: abort it with your S3 tools",
+					    g->key, g->upload_id);
+			free(g);
+		}
 		g = next;
 	}
 	s3_client_free(c);
+	if (again) {
+		pthread_mutex_lock(&e->lock);
+		for (g = again; g->next; g = g->next)
+			;
+		g->next = e->gone;
+		e->gone = again;
+		pthread_mutex_unlock(&e->lock);
+	}
 }
 
 void engine_unit_touched(struct engine *e, const char *name, int gone)

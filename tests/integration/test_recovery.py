@@ -203,7 +203,8 @@ def test_unmount_mid_upload_then_resume(fault_proxy, mount, tmp_path):
     assert_uploaded_once(m, name, data, tmp_path / "check")
 
 
-def test_resumable_unit_removed_while_mounted_is_forgotten(fault_proxy, mount):
+@pytest.mark.parametrize("aborts_refused", [0, 2])
+def test_resumable_unit_removed_while_mounted_is_forgotten(fault_proxy, mount, aborts_refused):
     """A multipart upload an unmount left to resume, whose file is removed on
     the next mount before it runs (held): its record goes at once and its
     upload is aborted, not left queued until yet another mount."""
@@ -217,6 +218,9 @@ def test_resumable_unit_removed_while_mounted_is_forgotten(fault_proxy, mount):
     restart(m)
     [rec] = json.loads(m.cli("list", "--json").stdout)
     assert rec["status"] == "queued" and rec["original_path"] == "pending/" + name
+    if aborts_refused:  # the first tries fail: it is tried again, not dropped
+        fault_proxy.set_rules([{"fault": "status:403:AccessDenied", "first": aborts_refused,
+                                "match": r"^DELETE \S*\?uploadId="}])
     os.unlink(m.pending(name))
     assert json.loads(m.cli("list", "--json").stdout) == []
     deadline = time.monotonic() + 10
@@ -224,6 +228,7 @@ def test_resumable_unit_removed_while_mounted_is_forgotten(fault_proxy, mount):
         assert time.monotonic() < deadline, "the upload of the removed file was not aborted"
         time.sleep(0.1)
     assert "its file was removed" in m.log()
+    assert len(fault_proxy.log().find("DELETE", r"\?uploadId=", "403")) == aborts_refused
     assert m.client.list_objects(m.bucket, m.prefix + "/") == []
 
 
