@@ -1299,10 +1299,11 @@ static int upload_multi(struct engine *e, struct s3_client *c, struct unit *u,
 	 * the object.  The upload id stays in the record, so a retry looks
 	 * (the dry run above) instead of sending it all again as NAME_1.
 	 */
-	r->unsure = rc && rc != -ECANCELED &&
-		    (s3_client_http_status(c) == 0 || s3_client_http_status(c) >= 500);
 	if (!rc)
 		rc = s3_head_object(c, r->key, &info);
+	/* (or it went through and the HEAD that would check the object failed) */
+	r->unsure = rc && rc != -ECANCELED &&
+		    (s3_client_http_status(c) == 0 || s3_client_http_status(c) >= 500);
 	if (rc) {
 		snprintf(r->error, sizeof(r->error), "%s", s3_client_error(c));
 		goto out;

@@ -230,24 +230,28 @@ def test_lost_answers_of_complete_are_not_uploaded_twice(fault_proxy, mount, tmp
                  retry=get_status(m.pending(name)) == "failed")
 
 
-def test_lost_complete_that_cannot_be_checked_is_kept_for_retry(fault_proxy, mount, tmp_path):
-    """Every answer to the complete is lost and so is the HEAD that would
-    tell whether the server made the object: the unit fails, but its upload
-    id is kept (not aborted), so `mgmtfs retry` finds the object made and
-    does not send the file again as NAME_1."""
+@pytest.mark.parametrize("complete", ["answer-lost", "answered"])
+def test_complete_that_cannot_be_checked_is_kept_for_retry(fault_proxy, mount, tmp_path,
+                                                           complete):
+    """The complete's answers are lost (or it is answered), and the HEAD that
+    would check the object fails: the unit fails, but its upload id is kept
+    (not aborted), so `mgmtfs retry` finds the object made and does not send
+    the file again as NAME_1."""
     m = mount(proxied(fault_proxy, max_attempts=1))
     name = "reel2.bin"
     # HEADs of the key: the free-name check, the one before the complete, the
-    # one after its lost answers (the third: 503)
-    fault_proxy.set_rules([
-        {"fault": "drop-response", "match": r"POST .*\?uploadId="},
-        {"fault": "status:503:SlowDown", "match": r"^HEAD ", "every": 3, "first": 1}])
+    # one after it (the third: 503)
+    rules = [{"fault": "status:503:SlowDown", "match": r"^HEAD ", "every": 3, "first": 1}]
+    if complete == "answer-lost":
+        rules.insert(0, {"fault": "drop-response", "match": r"POST .*\?uploadId="})
+    fault_proxy.set_rules(rules)
     data = data_of(MULTI_SIZE, 25)
     write_file(m.pending(name), data)
     wait_status(m.pending(name), "failed")
     fault_proxy.set_rules([])
     lg = fault_proxy.log()
-    assert set(e[5] for e in lg.find("POST", COMPLETE)) == {"200+RST"}, m.log()
+    assert set(e[5] for e in lg.find("POST", COMPLETE)) == \
+        {"200+RST" if complete == "answer-lost" else "200"}, m.log()
     assert lg.find("HEAD", None, "503"), "the HEAD after the complete was not failed"
     assert not lg.find("DELETE", r"\?uploadId="), "the upload that may be done was aborted"
 
