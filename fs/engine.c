@@ -2183,8 +2183,11 @@ static int orphan_cb(const char *key, const char *upload_id, void *arg)
 
 	for (size_t i = 0; i < os->o->n; i++) {
 		const struct store_record *rec = os->o->recs[i];
-		const char *name = rec->original_path + 8;
-		size_t len = strlen(name);
+		char name[PATH_MAX];
+		size_t len;
+
+		utf8_sanitize(rec->original_path + 8, name, sizeof(name));	/* as in its keys */
+		len = strlen(name);
 
 		if (!strcmp(rec->upload_id, upload_id))
 			return 0;	/* owned: it will be resumed */
