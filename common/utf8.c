@@ -43,17 +43,13 @@ int utf8_sanitize(const char *in, char *out, size_t len)
 	if (len == 0)
 		return 0;
 	while (*p) {
-		size_t n = utf8_len(p);
-		const char *src = (const char *)p;
+		size_t n = utf8_len(p), w = n ? n : sizeof(repl) - 1;
 
-		if (n == 0) {
-			src = repl;
-			changed = 1;
-		}
-		if (o + (n ? n : 3) >= len)
+		if (o + w >= len)
 			break;
-		memcpy(out + o, src, n ? n : 3);
-		o += n ? n : 3;
+		memcpy(out + o, n ? (const char *)p : repl, w);
+		changed |= !n;
+		o += w;
 		p += n ? n : 1;
 	}
 	out[o] = '\0';

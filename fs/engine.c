@@ -64,6 +64,7 @@
 #include "s3/s3.h"
 
 #define RESCAN_SECONDS 1.0
+#define UNMOVED_FLAGS (STORE_F_UNMOVED | STORE_F_DUPLICATE)
 #define MAX_NAME_TRIES 10000
 #define UNIT_BUCKETS 4096	/* a power of two */
 #define HUGE_PAGE (2u << 20)
@@ -339,7 +340,7 @@ static int requeue_fn(struct store_record *rec, void *arg)
 
 	rec->status = STORE_QUEUED;
 	rec->error[0] = '\0';
-	rec->flags &= ~(STORE_F_WRITE_FAILED | STORE_F_UNMOVED | STORE_F_DUPLICATE);	/* written again */
+	rec->flags &= ~(STORE_F_WRITE_FAILED | UNMOVED_FLAGS);	/* written again */
 	rec->etag[0] = '\0';	/* and an earlier upload is not of this content */
 	rec->upload_timestamp = 0;
 	rec->original_size = q->size;
@@ -492,7 +493,7 @@ static int drop_record(struct store *st, struct store_record *rec)
 		return 0;
 	}
 	rec->status = rec->flags & STORE_F_DUPLICATE ? STORE_DUPLICATE : STORE_COMPLETED;
-	rec->flags &= ~(STORE_F_UNMOVED | STORE_F_DUPLICATE);
+	rec->flags &= ~UNMOVED_FLAGS;
 	rec->error[0] = '\0';
 	rec->completed_path[0] = '\0';
 	store_put(st, rec);
@@ -502,8 +503,7 @@ static int drop_record(struct store *st, struct store_record *rec)
 /*
  * Forget the queue entry of a unit that left pending/ (the record goes too).
  * A multipart upload it had (one an unmount left to resume) is aborted by
- * the scheduler within a second; if the daemon stops first, the next mount
- * aborts it as an orphan.
+ * the scheduler (abort_gone).
  */
 static void forget_record(struct engine *e, const char *name)
 {
@@ -1567,7 +1567,7 @@ static int done_fn(struct store_record *rec, void *arg)
 	rec->error[0] = '\0';
 	rec->progress_done = rec->progress_total = 0;
 	rec->upload_id[0] = '\0';
-	rec->flags &= ~(STORE_F_UNMOVED | STORE_F_DUPLICATE);
+	rec->flags &= ~UNMOVED_FLAGS;
 	return 0;
 }
 
@@ -1597,12 +1597,10 @@ static int fail_fn(struct store_record *rec, void *arg)
 
 /*
  * The object is up but the unit stayed in pending/ (completed_dir full, not
- * writable...): the record says failed, not completed, and why.  Its error
- * starts with one of these, which is how the next mount knows that only the
- * move is left to do (recover_unmoved_cb).
+ * writable...): the record says failed, not completed, and why, and
+ * STORE_F_UNMOVED tells the next mount and mgmtfs retry that only the move
+ * is left to do (recover_unmoved_cb, uploaded_before).
  */
-#define UNMOVED_UPLOADED  "uploaded as s3://"
-#define UNMOVED_DUPLICATE "same content as s3://"
 
 struct move_fail_arg {
 	const char *name;
@@ -1626,7 +1624,7 @@ static int move_failed_fn(struct store_record *rec, void *arg)
 		 "%s%s/%s%s but moving 'pending/%s' to completed/ failed (%s): make room in "
 		 "completed_dir or fix its permissions; the next mount or mgmtfs retry "
 		 "moves it (no second upload)",
-		 m->was == STORE_DUPLICATE ? UNMOVED_DUPLICATE : UNMOVED_UPLOADED, m->bucket,
+		 m->was == STORE_DUPLICATE ? "same content as s3://" : "uploaded as s3://", m->bucket,
 		 m->key, m->was == STORE_DUPLICATE ? " (not uploaded again)" : "", m->name,
 		 mgmtfs_strerror(m->err, eb, sizeof(eb)));
 	return 0;
@@ -1729,12 +1727,6 @@ static void requeue(struct engine *e, struct s3_client *c, struct unit *u, struc
 	pthread_mutex_unlock(&e->lock);
 }
 
-/*
- * Is @st (pending/NAME now) the unit @rec uploaded?  Only if no newer record
- * took the name, the size is the same, and its inode did not change after
- * the upload ended (a file made there since, e.g. while unmounted after
- * completed/NAME was removed, is new: queue_unrecorded uploads it).
- */
 /* A directory's walk (nftw has no argument for its callback: one per thread). */
 static _Thread_local struct {
 	int64_t since;
@@ -1754,6 +1746,12 @@ static int tree_cb(const char *path, const struct stat *st, int flag, struct FTW
 	return tree.changed;
 }
 
+/*
+ * Is @path, @st (pending/NAME now) the unit @rec uploaded?  Only if no newer
+ * record took the name, the size is the same (a directory's files added
+ * up), and nothing of it changed after the upload ended (a file made there
+ * since, e.g. while unmounted after completed/NAME was removed, is new).
+ */
 static int is_the_uploaded(struct engine *e, const struct store_record *rec, const char *path,
 			   const struct stat *st)
 {
@@ -2036,65 +2034,32 @@ static void queue_unrecorded(struct engine *e)
 	free(rec);
 }
 
-struct moved_arg {
-	const char *dest;
-	enum store_status status;
-};
-
-static int moved_fn(struct store_record *rec, void *arg)
+/*
+ * A unit whose upload finished but whose move failed (move_failed_fn): queued
+ * again, so that a worker moves it (uploaded_before: no second upload), or,
+ * if it changed since, uploads it again.
+ */
+static int queued_fn(struct store_record *rec, void *arg)
 {
-	const struct moved_arg *m = arg;
-
-	rec->status = m->status;
-	snprintf(rec->completed_path, sizeof(rec->completed_path), "completed/%s", m->dest);
-	rec->error[0] = '\0';
-	rec->flags &= ~(STORE_F_UNMOVED | STORE_F_DUPLICATE);
+	(void)arg;
+	rec->status = STORE_QUEUED;
 	return 0;
 }
 
-/* Move the units whose upload finished but whose move failed (move_failed_fn). */
 static int recover_unmoved_cb(const struct store_record *rec, void *arg)
 {
 	struct engine *e = arg;
-	enum store_status was = STORE_COMPLETED;
-	char dest[NAME_MAX + 1], from[PATH_MAX], to[PATH_MAX], eb[128];
 	const char *name = rec->original_path + 8;
+	char from[PATH_MAX];
 	struct stat st;
-	int rc = -EEXIST;
 
-	if (!strncmp(rec->error, UNMOVED_DUPLICATE, strlen(UNMOVED_DUPLICATE)))
-		was = STORE_DUPLICATE;
-	else if (strncmp(rec->error, UNMOVED_UPLOADED, strlen(UNMOVED_UPLOADED)))
+	if (!(rec->flags & STORE_F_UNMOVED) || strncmp(rec->original_path, "pending/", 8) ||
+	    backing_pending(e, name, from, sizeof(from)) || lstat(from, &st))
 		return 0;
-	if (strncmp(rec->original_path, "pending/", 8) || !rec->s3_object_key[0] ||
-	    !rec->etag[0] || rec->upload_id[0])
-		return 0;
-	if (backing_pending(e, name, from, sizeof(from)) || lstat(from, &st))
-		return 0;
-	if (!is_the_uploaded(e, rec, from, &st)) {
-		/* changed since its upload (while unmounted): it is uploaded again */
-		unit_changed(e, name, 0);
-		return 0;
-	}
-	for (unsigned i = 0; rc == -EEXIST && i < MAX_NAME_TRIES; i++) {
-		fs_numbered_name(name, i, dest, sizeof(dest));
-		snprintf(to, sizeof(to), "%s/%s", e->cfg->completed_dir, dest);
-		if (access(to, F_OK) == 0)
-			continue;
-		rc = fs_record_update(e->fs, rec->id, moved_fn, &(struct moved_arg){ dest, was });
-		if (rc)
-			break;
-		rc = fs_move_to_completed(e->fs, name, dest);
-	}
-	if (rc) {
-		fs_record_update(e->fs, rec->id, move_failed_fn,
-				 &(struct move_fail_arg){ name, rec->s3_bucket, rec->s3_object_key,
-							  was, rc });
-		mgmtfs_err("'pending/%s' is uploaded but still cannot move to completed/: %s", name,
-			   mgmtfs_strerror(rc, eb, sizeof(eb)));
-		return 0;
-	}
-	mgmtfs_info("recovered: moved 'pending/%s' to 'completed/%s'", name, dest);
+	if (!is_the_uploaded(e, rec, from, &st))
+		unit_changed(e, name, 0);	/* changed since (while unmounted) */
+	else
+		fs_record_update(e->fs, rec->id, queued_fn, NULL);	/* rescan schedules it */
 	return 0;
 }
 

@@ -87,13 +87,19 @@ static size_t hash_ino(const struct fs *fs, fuse_ino_t ino)
 	return (size_t)(ino * 0x9E3779B97F4A7C15ull) & (fs->hash_size - 1);
 }
 
+#define FNV1A_BASIS 14695981039346656037ull
+
+/* 64-bit FNV-1a of @s, from @h. */
+static uint64_t fnv1a(uint64_t h, const char *s)
+{
+	for (; *s; s++)
+		h = (h ^ (unsigned char)*s) * 1099511628211ull;
+	return h;
+}
+
 static size_t hash_name(const struct fs *fs, const struct node *parent, const char *name)
 {
-	uint64_t h = 14695981039346656037ull ^ parent->ino;
-
-	for (; *name; name++)
-		h = (h ^ (unsigned char)*name) * 1099511628211ull;
-	return (size_t)h & (fs->hash_size - 1);
+	return (size_t)fnv1a(FNV1A_BASIS ^ parent->ino, name) & (fs->hash_size - 1);
 }
 
 static struct node *ino_get(struct fs *fs, fuse_ino_t ino)
@@ -1697,12 +1703,10 @@ out:
 static int move_across(const char *from, const char *dir, const char *dest)
 {
 	char tmp[PATH_MAX], to[PATH_MAX], eb[128];
-	uint64_t h = 14695981039346656037ull;
+	/* named after the unit, not @dest: two units may try one @dest at once */
+	uint64_t h = fnv1a(FNV1A_BASIS, from);
 	int rc;
 
-	/* named after the unit, not @dest: two units may try one @dest at once */
-	for (const char *c = from; *c; c++)
-		h = (h ^ (unsigned char)*c) * 1099511628211ull;
 	if (snprintf(tmp, sizeof(tmp), "%s/.mgmtfs-moving-%016llx", dir, (unsigned long long)h) >=
 		    (int)sizeof(tmp) ||
 	    snprintf(to, sizeof(to), "%s/%s", dir, dest) >= (int)sizeof(to))

@@ -1549,18 +1549,6 @@ static int check_etag_new(struct s3_client *c, const struct s3_req *rq, struct s
 	return -1;
 }
 
-/*
- * A 412 to a PUT with If-None-Match: *: the key is taken, perhaps by this
- * very data.  The server may have stored a PUT of ours whose answer never
- * came: an earlier attempt of this call (a reset after the body went out),
- * or an earlier call whose process was killed, unmounted or gave up while
- * it waited.  Nothing here remembers those, so every 412 is checked with a
- * HEAD: an object with our MD5 as its ETag and our size is this upload (or
- * the same bytes), and the PUT succeeded, its ETag in @etag_out.  Anything
- * else there is not ours: -EEXIST, with the 412's text, and the caller
- * takes another name.  A HEAD that cannot tell returns its own error, so
- * a 412 is never taken for a taken key unseen.
- */
 struct meta_match {
 	const struct s3_meta *meta;
 	size_t nmeta, same;
@@ -1576,6 +1564,20 @@ static int meta_match_cb(const char *name, const char *value, void *arg)
 	return 0;
 }
 
+/*
+ * A 412 to a PUT with If-None-Match: *: the key is taken, perhaps by this
+ * very data.  The server may have stored a PUT of ours whose answer never
+ * came: an earlier attempt of this call (a reset after the body went out),
+ * or an earlier call whose process was killed, unmounted or gave up while
+ * it waited.  Nothing here remembers those, so every 412 is checked with a
+ * HEAD: an object with our MD5 as its ETag and our size is this upload (or
+ * the same bytes), and the PUT succeeded, its ETag in @etag_out.  Anything
+ * else there is not ours: -EEXIST, with the 412's text, and the caller
+ * takes another name.  @copy (a second copy asked for): the same bytes are
+ * the first copy unless the object also carries all of our @meta.  A HEAD
+ * that cannot tell returns its own error, so a 412 is never taken for a
+ * taken key unseen.
+ */
 static int put_taken(struct s3_client *c, const struct s3_req *rq, const struct s3_meta *meta,
 		     size_t nmeta, int copy, char *etag_out)
 {
@@ -1586,7 +1588,6 @@ static int put_taken(struct s3_client *c, const struct s3_req *rq, const struct 
 
 	memcpy(saved, c->err, sizeof(saved));
 	rc = s3_head_object_meta(c, rq->key, &oi, meta_match_cb, &mm);
-	/* a second copy: the same bytes there are the first one unless its metadata is ours */
 	if (rc == 0 && oi.size == rq->len && strcasecmp(oi.etag, rq->md5_hex) == 0 &&
 	    (!copy || mm.same == nmeta)) {
 		mgmtfs_info("s3: PUT '%s': 412, but the object there has our MD5 and size: "
