@@ -597,7 +597,10 @@ def big_uncompressed():
               "s", "mgmtfs: compression=none, `cp` into `pending/` until completed "
               "(settle=0, fresh mount per run). curl: one SigV4 PUT of the whole "
               "file, no multipart (UNSIGNED-PAYLOAD: the server's ceiling; "
-              "the signed-payload variant hashes the file first). "
+              "the signed-payload variant hashes the file first, as a client that "
+              "signs the payload must; the \"sha256 known\" variant is given the hash, "
+              "computed before the clock starts: the server's ceiling for a signed "
+              "payload). "
               "mgmtfs signs the sha256 of each part (the default, payload_signing=yes; "
               "RGW then hashes every byte too); the payload_signing=no row sends "
               "UNSIGNED-PAYLOAD with Content-MD5, as the AWS CLI does over https. "
@@ -617,6 +620,11 @@ def big_uncompressed():
     t.add("curls", "curl -T (raw PUT, signed payload)",
           s3job("bigu-curls", lambda p: f"{PY} {HERE}/s3put.py curl {q(BIG)} /{BUCKET}/{p}/big.bin --signed"),
           ref="m")
+    big_sha = s3put.file_sha256(BIG)  # before any clock starts
+    t.add("curlk", "curl -T (raw PUT, signed payload, sha256 known)",
+          s3job("bigu-curlk", lambda p: f"{PY} {HERE}/s3put.py curl {q(BIG)} /{BUCKET}/{p}/big.bin "
+                f"--sha256 {big_sha}"),
+          ref="m")
     t.add("aws", "aws s3 cp",
           s3job("bigu-aws", lambda p: f"{AWS} s3 cp {q(BIG)} s3://{BUCKET}/{p}/big.bin"),
           ref="m")
@@ -633,8 +641,8 @@ def big_uncompressed():
     t.target("mgmtfs ≤ 1.3 × the raw PUT", "m", "curl", "<=", 1.3,
              "mgmtfs takes {ratio:.2f} × the raw PUT's time")
     # the same target, each payload mode against the raw PUT of that mode
-    t.target("(like for like) mgmtfs ≤ 1.3 × the raw PUT, both signed", "m", "curls", "<=", 1.3,
-             "mgmtfs takes {ratio:.2f} × the signed raw PUT's time")
+    t.target("(like for like) mgmtfs ≤ 1.3 × the raw PUT, both signed", "m", "curlk", "<=", 1.3,
+             "mgmtfs takes {ratio:.2f} × the time of the signed raw PUT given its sha256")
     t.target("(like for like) mgmtfs payload_signing=no ≤ 1.3 × the raw PUT, both unsigned",
              "mu", "curl", "<=", 1.3, "mgmtfs takes {ratio:.2f} × the raw PUT's time")
     return t

@@ -3,10 +3,12 @@
 yardstick and for housekeeping (stdlib only; adapted from the team's s3probe.py
 and s3put.py baselines).
 
-  s3put.py curl FILE /BUCKET/KEY [--signed]
+  s3put.py curl FILE /BUCKET/KEY [--signed | --sha256 HEX]
         exec `curl -T FILE` with SigV4 headers: one PUT, no multipart.
         Payload hash UNSIGNED-PAYLOAD (the server's ceiling) unless --signed
-        (then the file's sha256 is computed first, as a payload-signing client must).
+        (then the file's sha256 is computed first, as a payload-signing client must)
+        or --sha256 (signed with that hash, computed by the caller beforehand:
+        the server's ceiling for a signed payload).
   s3put.py dir DIR /BUCKET/PREFIX [--threads N]
         PUT every file of DIR (UNSIGNED-PAYLOAD) over N keep-alive connections
         (default 4).
@@ -147,14 +149,20 @@ def rm_prefix(s3, bucket, prefix):
     return len(keys)
 
 
-def curl_put(path, key, signed):
+def file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for b in iter(lambda: f.read(1 << 20), b""):
+            h.update(b)
+    return h.hexdigest()
+
+
+def curl_put(path, key, signed, known=None):
     s3 = client()
-    if signed:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for b in iter(lambda: f.read(1 << 20), b""):
-                h.update(b)
-        ph = h.hexdigest()
+    if known:
+        ph = known
+    elif signed:
+        ph = file_sha256(path)
     else:
         ph = "UNSIGNED-PAYLOAD"
     size = os.path.getsize(path)
@@ -198,7 +206,8 @@ def dir_put(d, prefix, threads):
 
 def main(a):
     if len(a) >= 3 and a[0] == "curl":
-        curl_put(a[1], a[2], "--signed" in a)
+        known = a[a.index("--sha256") + 1] if "--sha256" in a else None
+        curl_put(a[1], a[2], "--signed" in a, known)
     elif len(a) >= 3 and a[0] == "dir":
         n = int(a[a.index("--threads") + 1]) if "--threads" in a else 4
         dir_put(a[1], a[2].rstrip("/"), n)
