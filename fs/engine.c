@@ -159,7 +159,12 @@ struct engine {
 	int started;
 };
 
-/* A multipart upload whose unit left pending/ while queued: aborted by the scheduler. */
+/*
+ * A multipart upload whose unit left pending/ while queued: aborted by the
+ * scheduler.  It is in the store too (store_gone_put) until the abort went
+ * through, so that a later mount aborts what a crash or an unreachable
+ * server left.
+ */
 struct gone_mpu {
 	struct gone_mpu *next;
 	int tries;
@@ -500,16 +505,32 @@ static int drop_record(struct store *st, struct store_record *rec)
 	return 1;
 }
 
+/* Queue a multipart upload for abort_gone. */
+static int gone_add(struct engine *e, const char *upload_id, const char *key)
+{
+	struct gone_mpu *g = calloc(1, sizeof(*g));
+
+	if (!g)
+		return -ENOMEM;
+	snprintf(g->key, sizeof(g->key), "%s", key);
+	snprintf(g->upload_id, sizeof(g->upload_id), "%s", upload_id);
+	pthread_mutex_lock(&e->lock);
+	g->next = e->gone;
+	e->gone = g;
+	pthread_mutex_unlock(&e->lock);
+	return 0;
+}
+
 /*
  * Forget the queue entry of a unit that left pending/ (the record goes too).
  * A multipart upload it had (one an unmount left to resume) is aborted by
- * the scheduler (abort_gone).
+ * the scheduler (abort_gone); it is stored before the record goes, so that
+ * no crash in between leaves it owned by nothing.
  */
 static void forget_record(struct engine *e, const char *name)
 {
 	struct store_record *rec = malloc(sizeof(*rec));
-	struct gone_mpu *g = NULL;
-	char rel[PATH_MAX];
+	char rel[PATH_MAX], key[STORE_KEY_MAX] = "", upload_id[S3_UPLOAD_ID_MAX] = "";
 	uint64_t id;
 
 	if (!rec)
@@ -518,29 +539,36 @@ static void forget_record(struct engine *e, const char *name)
 	pthread_mutex_lock(&e->fs->rec_lock);
 	if (!store_find_path(e->fs->st, rel, &id) && !store_get(e->fs->st, id, rec) &&
 	    status_active(rec->status)) {
-		if (rec->upload_id[0] && rec->s3_object_key[0] && (g = calloc(1, sizeof(*g)))) {
-			snprintf(g->key, sizeof(g->key), "%s", rec->s3_object_key);
-			snprintf(g->upload_id, sizeof(g->upload_id), "%s", rec->upload_id);
+		if (rec->upload_id[0] && rec->s3_object_key[0]) {
+			snprintf(key, sizeof(key), "%s", rec->s3_object_key);
+			snprintf(upload_id, sizeof(upload_id), "%s", rec->upload_id);
+			store_gone_put(e->fs->st, upload_id, rec->s3_bucket, key);
 		}
 		drop_record(e->fs->st, rec);
 		store_part_clear(e->fs->st, id);
 	}
 	pthread_mutex_unlock(&e->fs->rec_lock);
 	free(rec);
-	if (g) {
-		pthread_mutex_lock(&e->lock);
-		g->next = e->gone;
-		e->gone = g;
-		pthread_mutex_unlock(&e->lock);
-	}
+	if (upload_id[0])
+		gone_add(e, upload_id, key);
 }
 
 /*
  * Abort the multipart uploads forget_record() left.  Scheduler thread, so
  * one quick try each (no backoff: it must not hold up scheduling); one that
- * fails is tried again at the next scan, up to GONE_TRIES times.
+ * fails is tried again at the next scan, up to GONE_TRIES times, then left
+ * in the store for the next mount.
  */
 #define GONE_TRIES 60
+
+static int load_gone_cb(const char *upload_id, const char *bucket, const char *key, void *arg)
+{
+	struct engine *e = arg;
+
+	if (strcmp(bucket, e->cfg->bucket))
+		return 0;	/* kept for a mount of its bucket */
+	return gone_add(e, upload_id, key);
+}
 
 static void abort_gone(struct engine *e)
 {
@@ -561,17 +589,19 @@ static void abort_gone(struct engine *e)
 		struct gone_mpu *next = g->next;
 		int rc = c ? s3_mpu_abort(c, g->key, g->upload_id) : -EAGAIN;
 
-		if (rc == 0)
+		if (rc == 0) {
 			mgmtfs_info("aborted the multipart upload of '%s': its file was removed",
 				    g->key);
+			store_gone_del(e->fs->st, g->upload_id);
+		}
 		if (rc && ++g->tries < GONE_TRIES) {
 			g->next = again;
 			again = g;
 		} else {
 			if (rc)
 				mgmtfs_warn("cannot abort the multipart upload of '%s' (upload id %s) "
-					    "left by a removed file: abort it with your S3 tools",
-					    g->key, g->upload_id);
+					    "left by a removed file: the next mount tries again, or "
+					    "abort it with your S3 tools", g->key, g->upload_id);
 			free(g);
 		}
 		g = next;
@@ -2208,6 +2238,8 @@ static void *sched_main(void *arg)
 	struct engine *e = arg;
 	double next_scan = fs_monotonic() + RESCAN_SECONDS;
 
+	store_gone_list(e->fs->st, load_gone_cb, e);	/* left by an earlier mount */
+	abort_gone(e);
 	abort_orphans(e);
 	for (;;) {
 		char due_names[64][NAME_MAX + 1];
@@ -2398,7 +2430,7 @@ void engine_free(struct engine *e)
 	engine_stop(e);
 	while (e->units)
 		unit_remove(e, e->units);
-	while (e->gone) {	/* the next mount aborts them as orphans */
+	while (e->gone) {	/* kept in the store: the next mount aborts them */
 		struct gone_mpu *g = e->gone;
 
 		e->gone = g->next;

@@ -1255,6 +1255,93 @@ int store_meta_get(struct store *st, const char *name, char *buf, size_t len)
 	return store_errno(rc);
 }
 
+/* ---- multipart uploads of removed units --------------------------------- */
+
+#define GONE_PREFIX "g/"
+
+static int gone_key(char *buf, size_t len, const char *upload_id)
+{
+	if (!*upload_id || strlen(GONE_PREFIX) + strlen(upload_id) >= len)
+		return -EINVAL;
+	snprintf(buf, len, GONE_PREFIX "%s", upload_id);
+	return 0;
+}
+
+static int del_body_key(struct store *st, MDB_txn *txn, void *arg)
+{
+	return del_key(st, txn, arg);
+}
+
+int store_gone_put(struct store *st, const char *upload_id, const char *bucket,
+		   const char *key)
+{
+	char k[KEY_BUF], *v = NULL;
+	struct kv_ctx c = { .key = k };
+	int rc = gone_key(k, sizeof(k), upload_id);
+
+	if (rc)
+		return rc;
+	if (!*bucket || strchr(bucket, '/'))
+		return -EINVAL;
+	if (asprintf(&v, "%s/%s", bucket, key) < 0)
+		return -ENOMEM;
+	c.val = v;
+	c.n = strlen(v);
+	rc = store_write(st, put_body_kv, &c);
+	free(v);
+	return rc;
+}
+
+int store_gone_del(struct store *st, const char *upload_id)
+{
+	char k[KEY_BUF];
+	int rc = gone_key(k, sizeof(k), upload_id);
+
+	return rc ? rc : store_write(st, del_body_key, k);
+}
+
+int store_gone_list(struct store *st, store_gone_fn fn, void *arg)
+{
+	size_t plen = strlen(GONE_PREFIX);
+	MDB_cursor *cur = NULL;
+	MDB_txn *txn = NULL;
+	char id[KEY_BUF], *val = NULL, *slash;
+	int rc, cbrc = 0;
+	MDB_val k, v;
+
+	rc = txn_begin(st, MDB_RDONLY, &txn, NULL);
+	if (rc)
+		return store_errno(rc);
+	rc = mdb_cursor_open(txn, st->dbi, &cur);
+	key_set(&k, GONE_PREFIX);
+	for (rc = rc ? rc : mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+	     rc == 0 && has_prefix(&k, GONE_PREFIX, plen) && !cbrc;
+	     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+		char *grown = realloc(val, v.mv_size + 1);
+
+		if (!grown) {
+			rc = ENOMEM;
+			break;
+		}
+		val = grown;
+		memcpy(id, (const char *)k.mv_data + plen, k.mv_size - plen);
+		id[k.mv_size - plen] = '\0';
+		memcpy(val, v.mv_data, v.mv_size);
+		val[v.mv_size] = '\0';
+		slash = strchr(val, '/');
+		if (!slash)
+			continue;	/* not ours to read: skipped */
+		*slash = '\0';
+		cbrc = fn(id, val, slash + 1, arg);
+	}
+	mdb_cursor_close(cur);
+	txn_end(st, txn);
+	free(val);
+	if (cbrc)
+		return cbrc;
+	return rc == MDB_NOTFOUND || rc == 0 ? 0 : store_errno(rc);
+}
+
 /* ---- the xattr view --------------------------------------------------- */
 
 void store_format_time(int64_t t, char *buf, size_t len)

@@ -13,6 +13,8 @@
  *   h/<sha256 hex>                   -> id   (checksum index, newest record)
  *   s/<status>/<id 16 hex>           -> ""   (status index: queue = s/queued/)
  *   m/<id 16 hex>/<part 8 hex>       -> "<etag> <size>" (multipart parts done)
+ *   g/<upload id>                    -> "<bucket>/<object key>" (a multipart
+ *                                       upload of a removed unit, to abort)
  *   meta/next_id                     -> next record id (decimal)
  *
  * Every store_* function runs its own short transaction; all are
@@ -151,6 +153,20 @@ int store_part_clear(struct store *st, uint64_t id);
  */
 int store_meta_put(struct store *st, const char *name, const char *value);
 int store_meta_get(struct store *st, const char *name, char *buf, size_t len);
+
+/*
+ * Multipart uploads to abort: their unit left pending/, so no record owns
+ * them any more.  Kept until the abort went through, so that one a crash or
+ * an unreachable server left is aborted by a later mount.  store_gone_put
+ * fails with -EINVAL for an upload id too long for a key.  store_gone_list
+ * calls @fn for each until it returns nonzero (then returns that).
+ */
+typedef int (*store_gone_fn)(const char *upload_id, const char *bucket, const char *key,
+			     void *arg);
+int store_gone_put(struct store *st, const char *upload_id, const char *bucket,
+		   const char *key);
+int store_gone_del(struct store *st, const char *upload_id);
+int store_gone_list(struct store *st, store_gone_fn fn, void *arg);
 
 /*
  * The xattr view: write field @field (a name from store_field_names, e.g.

@@ -232,6 +232,44 @@ def test_resumable_unit_removed_while_mounted_is_forgotten(fault_proxy, mount, a
     assert m.client.list_objects(m.bucket, m.prefix + "/") == []
 
 
+
+def test_abort_of_removed_unit_survives_kill9(fault_proxy, mount):
+    """The multipart upload of a file removed while the server refuses its
+    abort, then kill -9: the abort was kept in the store, so the next mount
+    aborts it (no record names it any more, so the orphan scan would not)."""
+    name = "dropped.bin"
+    m, _ = held_at_parts(fault_proxy, mount, name, 16, [3, 4])
+    assert m.stop() == []
+    fault_proxy.set_rules([{"fault": "status:403:AccessDenied",
+                            "match": r"^DELETE \S*\?uploadId="}])
+    (key, upload_id), = uploads_under(m)
+
+    m.options["hold"] = True  # nothing runs: the unit stays queued with its upload
+    restart(m)
+    os.unlink(m.pending(name))
+    assert json.loads(m.cli("list", "--json").stdout) == []
+    fault_proxy.wait_for("an abort refused",
+                         lambda lg: lg.find("DELETE", r"\?uploadId=", "403"))
+    crash(m)
+    (left_key, left_id), = uploads_under(m)
+    assert (left_key, left_id) == (key, upload_id)
+
+    fault_proxy.set_rules([])
+    del m.options["hold"]
+    restart(m)
+    deadline = time.monotonic() + 10
+    while uploads_under(m):
+        assert time.monotonic() < deadline, "the upload of the removed file was not aborted"
+        time.sleep(0.1)
+    assert f"aborted the multipart upload of '{key}'" in m.log()
+    assert m.client.list_objects(m.bucket, m.prefix + "/") == []
+    assert json.loads(m.cli("list", "--json").stdout) == []
+    assert m.stop() == []
+    mark = fault_proxy.mark()
+    restart(m)  # aborted once: not tried again
+    time.sleep(1.5)
+    assert not fault_proxy.log(mark).find("DELETE", r"\?uploadId=")
+
 def test_unit_removed_while_down_is_forgotten(fault_proxy, mount):
     """A queued multipart upload whose file is removed from the backing
     directory while no daemon runs: the next mount drops its record and

@@ -521,6 +521,80 @@ static void test_meta(void **state)
 	assert_int_equal(store_meta_put(f->st, "", "1"), -EINVAL);
 }
 
+struct gone_seen {
+	char ids[4][64];
+	char buckets[4][64];
+	char keys[4][64];
+	int n;
+	int stop_at;	/* return nonzero at this call (1-based), 0: never */
+};
+
+static int gone_cb(const char *upload_id, const char *bucket, const char *key, void *arg)
+{
+	struct gone_seen *g = arg;
+
+	assert_true(g->n < 4);
+	snprintf(g->ids[g->n], sizeof(g->ids[0]), "%s", upload_id);
+	snprintf(g->buckets[g->n], sizeof(g->buckets[0]), "%s", bucket);
+	snprintf(g->keys[g->n], sizeof(g->keys[0]), "%s", key);
+	return ++g->n == g->stop_at ? 7 : 0;
+}
+
+static void test_gone_uploads(void **state)
+{
+	struct fixture *f = *state;
+	struct gone_seen g = { 0 };
+	char longid[600];
+	struct store_record *rec = malloc(sizeof(*rec));
+
+	/* records and parts around them are not listed */
+	rec_fill(rec);
+	assert_int_equal(store_put(f->st, rec), 0);
+	assert_int_equal(store_part_put(f->st, rec->id, 1, "e1", 5), 0);
+	assert_int_equal(store_gone_list(f->st, gone_cb, &g), 0);
+	assert_int_equal(g.n, 0);
+
+	assert_int_equal(store_gone_put(f->st, "2~bbb", "media", "p/two.tar.gz"), 0);
+	assert_int_equal(store_gone_put(f->st, "2~aaa", "media", "p/one.tar.gz"), 0);
+	assert_int_equal(store_gone_put(f->st, "2~aaa", "other", "p/one again.tar.gz"), 0);
+	assert_int_equal(store_gone_list(f->st, gone_cb, &g), 0);
+	assert_int_equal(g.n, 2);
+	assert_string_equal(g.ids[0], "2~aaa");
+	assert_string_equal(g.buckets[0], "other");
+	assert_string_equal(g.keys[0], "p/one again.tar.gz");
+	assert_string_equal(g.buckets[1], "media");
+	assert_string_equal(g.ids[1], "2~bbb");
+	assert_string_equal(g.keys[1], "p/two.tar.gz");
+
+	memset(&g, 0, sizeof(g));
+	g.stop_at = 1;
+	assert_int_equal(store_gone_list(f->st, gone_cb, &g), 7);
+	assert_int_equal(g.n, 1);
+
+	assert_int_equal(store_gone_del(f->st, "2~aaa"), 0);
+	assert_int_equal(store_gone_del(f->st, "2~aaa"), 0);	/* already gone: fine */
+	memset(&g, 0, sizeof(g));
+	assert_int_equal(store_gone_list(f->st, gone_cb, &g), 0);
+	assert_int_equal(g.n, 1);
+	assert_string_equal(g.ids[0], "2~bbb");
+
+	/* kept across a reopen */
+	store_close(f->st);
+	assert_int_equal(store_open(f->dir, 0, &f->st), 0);
+	memset(&g, 0, sizeof(g));
+	assert_int_equal(store_gone_list(f->st, gone_cb, &g), 0);
+	assert_int_equal(g.n, 1);
+	assert_string_equal(g.keys[0], "p/two.tar.gz");
+
+	memset(longid, 'x', sizeof(longid) - 1);
+	longid[sizeof(longid) - 1] = '\0';
+	assert_int_equal(store_gone_put(f->st, longid, "media", "k"), -EINVAL);
+	assert_int_equal(store_gone_put(f->st, "", "media", "k"), -EINVAL);
+	assert_int_equal(store_gone_put(f->st, "2~ccc", "", "k"), -EINVAL);
+	assert_int_equal(store_gone_put(f->st, "2~ccc", "a/b", "k"), -EINVAL);
+	free(rec);
+}
+
 static void test_reopen_keeps_records(void **state)
 {
 	struct fixture *f = *state;
@@ -1023,6 +1097,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_list_callback_may_write, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_parts, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_meta, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_gone_uploads, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_reopen_keeps_records, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_old_record_without_upload_again, setup,
 						teardown),
