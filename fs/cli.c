@@ -476,8 +476,8 @@ static int cmd_status(struct cli *c, int stats_only)
 
 	store_meta_get(c->st, "hold", held, sizeof(held));
 	store_meta_get(c->st, "mount_hold", mount_held, sizeof(mount_held));
-	if (mount_held[0] == '1')
-		held[0] = '1';	/* the live mount's -o hold */
+	if (mount_held[0] == '1' && cfg_local_dir_mounted(&c->cfg))
+		held[0] = '1';	/* the live mount's -o hold (not that of one a kill -9 ended) */
 	if (store_list(c->st, -1, stats_cb, &s))
 		return 1;
 	if (!stats_only) {

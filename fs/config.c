@@ -14,6 +14,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <fnmatch.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -765,4 +766,53 @@ int cfg_name_ignored(const struct mgmtfs_config *cfg, const char *name)
 			return 1;
 	}
 	return 0;
+}
+
+/* ---- the daemon's lock on local_dir ------------------------------------ */
+
+static int lock_open(const struct mgmtfs_config *cfg, int flags)
+{
+	char path[PATH_MAX];
+	int fd;
+
+	if (snprintf(path, sizeof(path), "%s/daemon.lock", cfg->db_dir) >= (int)sizeof(path))
+		return -ENAMETOOLONG;
+	fd = open(path, flags | O_CLOEXEC, 0644);
+	return fd < 0 ? -errno : fd;
+}
+
+int cfg_lock_local_dir(const struct mgmtfs_config *cfg, char *holder, size_t len)
+{
+	struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
+	int fd = lock_open(cfg, O_RDWR | O_CREAT), rc;
+	ssize_t n;
+
+	if (fd < 0)
+		return fd;
+	if (fcntl(fd, F_OFD_SETLK, &fl)) {
+		rc = errno == EAGAIN || errno == EACCES ? -EBUSY : -errno;
+		n = rc == -EBUSY && len ? pread(fd, holder, len - 1, 0) : 0;
+		if (len)
+			holder[n > 0 ? n : 0] = '\0';
+		close(fd);
+		return rc;
+	}
+	if (ftruncate(fd, 0) || pwrite(fd, cfg->mountpoint, strlen(cfg->mountpoint), 0) < 0) {
+		rc = -errno;
+		close(fd);
+		return rc;
+	}
+	return fd;
+}
+
+int cfg_local_dir_mounted(const struct mgmtfs_config *cfg)
+{
+	struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
+	int fd = lock_open(cfg, O_RDONLY), held;
+
+	if (fd < 0)
+		return 0;	/* no daemon ever ran here */
+	held = fcntl(fd, F_OFD_GETLK, &fl) == 0 && fl.l_type != F_UNLCK;
+	close(fd);
+	return held;
 }

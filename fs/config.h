@@ -87,4 +87,15 @@ int cfg_parse_size(const char *s, size_t *out);
 /* 1 if @name (a top-level entry of pending/) is never uploaded. */
 int cfg_name_ignored(const struct mgmtfs_config *cfg, const char *name);
 
+/*
+ * One daemon per local_dir: two would upload the same files.  The daemon
+ * holds an open-file-description lock on DB_DIR/daemon.lock for its life
+ * (a fork keeps it; a kill -9 frees it), the file holding its mountpoint.
+ * cfg_lock_local_dir returns the lock's fd, or -EBUSY with the holder's
+ * mountpoint in @holder, or another -errno.  cfg_local_dir_mounted says
+ * whether a daemon holds it now (1), without taking it.
+ */
+int cfg_lock_local_dir(const struct mgmtfs_config *cfg, char *holder, size_t len);
+int cfg_local_dir_mounted(const struct mgmtfs_config *cfg);
+
 #endif

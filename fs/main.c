@@ -11,12 +11,14 @@
 #include "fs/fs_i.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <syslog.h>
+#include <unistd.h>
 
 #include "common/log.h"
 #include "s3/s3.h"
@@ -87,7 +89,8 @@ static int mount_main(int argc, char **argv)
 	struct store *st = NULL;
 	struct fs fs;
 	char err[1024] = "", opts[256], eb[128];
-	int rc, ret = 1, state_ok = 0, mounted = 0, handlers = 0;
+	int rc, ret = 1, state_ok = 0, mounted = 0, handlers = 0, lock_fd = -1;
+	char holder[PATH_MAX];
 
 	memset(&fs, 0, sizeof(fs));
 	rc = cfg_parse_mount(argc, argv, &cfg, err, sizeof(err));
@@ -115,6 +118,19 @@ static int mount_main(int argc, char **argv)
 	if (rc) {
 		fprintf(stderr, "mgmtfs: error: cannot open the record database in '%s': %s\n",
 			cfg.db_dir, mgmtfs_strerror(rc, eb, sizeof(eb)));
+		goto out;
+	}
+	lock_fd = cfg_lock_local_dir(&cfg, holder, sizeof(holder));
+	if (lock_fd == -EBUSY) {
+		fprintf(stderr,
+			"mgmtfs: error: local_dir '%s' is in use by the mgmtfs mounted on '%s': "
+			"unmount it first (fusermount3 -u '%s'), or give this mount another "
+			"local_dir\n", cfg.local_dir, holder, holder);
+		goto out;
+	}
+	if (lock_fd < 0) {
+		fprintf(stderr, "mgmtfs: error: cannot lock local_dir '%s': %s\n", cfg.local_dir,
+			mgmtfs_strerror(lock_fd, eb, sizeof(eb)));
 		goto out;
 	}
 	store_set_lazy_sync(st, 1);
@@ -188,6 +204,8 @@ out:
 	if (st)
 		store_sync(st);
 	store_close(st);
+	if (lock_fd >= 0)
+		close(lock_fd);	/* after the last write to the store */
 	fuse_opt_free_args(&args);
 	s3_global_cleanup();
 	cfg_release(&cfg);

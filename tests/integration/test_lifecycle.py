@@ -9,16 +9,17 @@ import io
 import json
 import os
 import re
+import subprocess
 import tarfile
 import time
 import zlib
 
 import pytest
 
-from fault_tools import (MODE, MTIME, WAIT, assert_uploaded_once, data_of, fault_proxy,
-                         proxied, uploads_under, write_file)
-from helpers import (check_archive, get_status, get_xattr, getfattr, parse_utc, sha256,
-                     wait_status)
+from fault_tools import (MODE, MTIME, WAIT, assert_uploaded_once, crash, data_of, fault_proxy,
+                         proxied, restart, uploads_under, write_file)
+from helpers import (check_archive, format_options, get_status, get_xattr, getfattr,
+                     is_mounted, parse_utc, sha256, wait_status)
 
 assert fault_proxy  # a fixture, used by name
 
@@ -135,6 +136,32 @@ def test_hold_option_keeps_pending_an_ordinary_directory(mount, tmp_path):
     assert cli_json(m, "status")["held"] is False
     assert cli_json(m, "stats")["completed"] == 2
 
+
+
+def test_one_daemon_per_local_dir(mount, tmp_path):
+    """A second mount on a local_dir in use is refused with one line naming
+    the mount that has it (two daemons would upload the same files).  After a
+    kill -9 the local_dir mounts again, and the dead mount's -o hold is not
+    shown as holding uploads."""
+    m = mount({"hold": True})
+    other = tmp_path / "other-mnt"
+    other.mkdir()
+    p = subprocess.run([str(m.binary), str(other), "-f", "-o", format_options(m.options)],
+                       env=m.env, capture_output=True, text=True, timeout=30)
+    assert p.returncode != 0 and not is_mounted(other)
+    line, = p.stderr.strip().splitlines()
+    assert (f"local_dir '{m.local}' is in use by the mgmtfs mounted on '{m.mnt}': "
+            f"unmount it first") in line, line
+    assert cli_json(m, "status")["held"] is True
+
+    crash(m)
+    assert cli_json(m, "status")["held"] is False
+    del m.options["hold"]
+    restart(m)
+    data = data_of(SMALL, 9)
+    write_file(m.pending("after.bin"), data)
+    m.wait_completed("after.bin")
+    assert objects(m) == [m.key("after.bin")]
 
 def test_hold_and_resume_on_a_live_mount(mount, tmp_path):
     # settle=2: a file dropped right after `mgmtfs hold` is due only after the
