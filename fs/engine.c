@@ -1776,11 +1776,36 @@ static int tree_cb(const char *path, const struct stat *st, int flag, struct FTW
 	return tree.changed;
 }
 
+/* Does the file @path hash to @want ("sha256:HEX")?  Reads it whole. */
+static int file_has_checksum(const char *path, const char *want)
+{
+	struct digest_sha256 sha;
+	unsigned char *buf = malloc(1 << 20);
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	char hex[65];
+	ssize_t n = -1;
+
+	if (buf && fd >= 0) {
+		digest_sha256_init(&sha);
+		while ((n = read(fd, buf, 1 << 20)) > 0)
+			digest_update(NULL, &sha, NULL, buf, (size_t)n);
+	}
+	if (fd >= 0)
+		close(fd);
+	free(buf);
+	if (n < 0)
+		return 0;
+	digest_sha256_hex(&sha, hex);
+	return !strncmp(want, "sha256:", 7) && !strcmp(want + 7, hex);
+}
+
 /*
  * Is @path, @st (pending/NAME now) the unit @rec uploaded?  Only if no newer
  * record took the name, the size is the same (a directory's files added
  * up), and nothing of it changed after the upload ended (a file made there
  * since, e.g. while unmounted after completed/NAME was removed, is new).
+ * The upload's timestamp has whole seconds: a file changed in its last
+ * second is compared by its sha256.
  */
 static int is_the_uploaded(struct engine *e, const struct store_record *rec, const char *path,
 			   const struct stat *st)
@@ -1789,9 +1814,14 @@ static int is_the_uploaded(struct engine *e, const struct store_record *rec, con
 
 	if (store_find_path(e->fs->st, rec->original_path, &newest) || newest != rec->id)
 		return 0;
-	if (!S_ISDIR(st->st_mode))
-		return (uint64_t)st->st_size == rec->original_size &&
-		       (int64_t)st->st_ctim.tv_sec <= rec->upload_timestamp;
+	if (!S_ISDIR(st->st_mode)) {
+		if ((uint64_t)st->st_size != rec->original_size ||
+		    (int64_t)st->st_ctim.tv_sec > rec->upload_timestamp)
+			return 0;
+		/* changed in the second the upload ended: only its bytes can tell */
+		return (int64_t)st->st_ctim.tv_sec < rec->upload_timestamp ||
+		       file_has_checksum(path, rec->checksum);
+	}
 	/* a directory: nothing anywhere inside changed since, and its files add up */
 	tree.since = rec->upload_timestamp;
 	tree.bytes = 0;

@@ -21,7 +21,7 @@ import pytest
 from fault_tools import (MODE, MTIME, MULTI_SIZE, assert_uploaded_once, crash, data_of,
                          earlier_logs, fault_proxy, list_parts, proxied, restart, uploads_under,
                          write_file)
-from helpers import check_archive, get_status, get_xattr, sha256
+from helpers import check_archive, get_status, get_xattr, parse_utc, sha256
 
 assert fault_proxy  # a fixture, used by name
 
@@ -420,6 +420,35 @@ def test_new_file_under_an_uploaded_name_is_not_taken_for_it(mount, tmp_path):
     assert m.completed("x.bin").read_bytes() == new
     assert "recovered: moved" not in m.log()
 
+
+
+def test_new_file_in_the_upload_second_is_not_taken_for_it(mount, tmp_path):
+    """As above, but the new X is written in the very second the upload ended
+    (its timestamp has whole seconds): its bytes tell it from the uploaded X."""
+    for attempt in range(6):
+        m = mount()
+        old, new = data_of(8192, 60 + attempt), data_of(8192, 70 + attempt)
+        time.sleep(1 - time.time() % 1)  # all below in one second, most likely
+        write_file(m.pending("x.bin"), old)
+        m.wait_completed("x.bin")
+        ended = parse_utc(get_xattr(m.completed("x.bin"), "user.mgmt.upload_timestamp"))
+        assert m.stop() == []
+        os.unlink(m.local / "completed" / "x.bin")
+        write_file(m.local / "pending" / "x.bin", new)
+        if int(os.stat(m.local / "pending" / "x.bin").st_ctime) == int(ended):
+            break
+    else:
+        pytest.fail("could not write the new file in the second its upload ended")
+
+    restart(m)
+    m.wait_completed("x.bin", timeout=60)
+    second = f"{m.prefix}/x.bin_1.tar.gz"
+    assert get_xattr(m.completed("x.bin"), "user.mgmt.s3_object_key") == second
+    assert get_xattr(m.completed("x.bin"), "user.mgmt.checksum") == "sha256:" + sha256(new)
+    check_archive(m.client.get_object(m.bucket, second), "x.bin", new, MODE, MTIME,
+                  tmp_path / "new")
+    assert m.completed("x.bin").read_bytes() == new
+    assert "recovered: moved" not in m.log()
 
 def test_unmoved_directory_changed_inside_is_uploaded_again(mount):
     """A directory uploaded but not moved (completed/ immutable), then a file
