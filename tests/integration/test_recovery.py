@@ -232,7 +232,6 @@ def test_resumable_unit_removed_while_mounted_is_forgotten(fault_proxy, mount, a
     assert m.client.list_objects(m.bucket, m.prefix + "/") == []
 
 
-
 def test_abort_of_removed_unit_survives_kill9(fault_proxy, mount):
     """The multipart upload of a file removed while the server refuses its
     abort, then kill -9: the abort was kept in the store, so the next mount
@@ -395,6 +394,19 @@ def test_units_put_in_backing_dir_while_down_are_uploaded(mount, tmp_path):
         [m.key("same.bin"), second, m.key("new.bin"), m.key("album")])
 
 
+def check_new_x_uploaded(m, new, scratch):
+    """pending/x.bin, @new put where an uploaded x.bin was, went up as x.bin_1,
+    not taken for the uploaded one."""
+    m.wait_completed("x.bin", timeout=60)
+    second = f"{m.prefix}/x.bin_1.tar.gz"
+    assert get_xattr(m.completed("x.bin"), "user.mgmt.s3_object_key") == second
+    assert get_xattr(m.completed("x.bin"), "user.mgmt.checksum") == "sha256:" + sha256(new)
+    check_archive(m.client.get_object(m.bucket, second), "x.bin", new, MODE, MTIME,
+                  scratch / "new")
+    assert m.completed("x.bin").read_bytes() == new
+    assert "recovered: moved" not in m.log()
+
+
 def test_new_file_under_an_uploaded_name_is_not_taken_for_it(mount, tmp_path):
     """pending/X uploaded, completed/X removed, then a new X of the same size
     put into pending/ with no queue entry (while down, or a release lost to a
@@ -411,15 +423,7 @@ def test_new_file_under_an_uploaded_name_is_not_taken_for_it(mount, tmp_path):
     write_file(m.local / "pending" / "x.bin", new)
 
     restart(m)
-    m.wait_completed("x.bin", timeout=60)
-    second = f"{m.prefix}/x.bin_1.tar.gz"
-    assert get_xattr(m.completed("x.bin"), "user.mgmt.s3_object_key") == second
-    assert get_xattr(m.completed("x.bin"), "user.mgmt.checksum") == "sha256:" + sha256(new)
-    check_archive(m.client.get_object(m.bucket, second), "x.bin", new, MODE, MTIME,
-                  tmp_path / "new")
-    assert m.completed("x.bin").read_bytes() == new
-    assert "recovered: moved" not in m.log()
-
+    check_new_x_uploaded(m, new, tmp_path)
 
 
 def test_new_file_in_the_upload_second_is_not_taken_for_it(mount, tmp_path):
@@ -441,14 +445,7 @@ def test_new_file_in_the_upload_second_is_not_taken_for_it(mount, tmp_path):
         pytest.fail("could not write the new file in the second its upload ended")
 
     restart(m)
-    m.wait_completed("x.bin", timeout=60)
-    second = f"{m.prefix}/x.bin_1.tar.gz"
-    assert get_xattr(m.completed("x.bin"), "user.mgmt.s3_object_key") == second
-    assert get_xattr(m.completed("x.bin"), "user.mgmt.checksum") == "sha256:" + sha256(new)
-    check_archive(m.client.get_object(m.bucket, second), "x.bin", new, MODE, MTIME,
-                  tmp_path / "new")
-    assert m.completed("x.bin").read_bytes() == new
-    assert "recovered: moved" not in m.log()
+    check_new_x_uploaded(m, new, tmp_path)
 
 def test_unmoved_directory_changed_inside_is_uploaded_again(mount):
     """A directory uploaded but not moved (completed/ immutable), then a file
