@@ -505,8 +505,23 @@ static int drop_record(struct store *st, struct store_record *rec)
 	return 1;
 }
 
-/* Queue a multipart upload for abort_gone. */
-static int gone_add(struct engine *e, const char *upload_id, const char *key)
+/* Put @g (a list) before the uploads abort_gone has to do. */
+static void gone_push(struct engine *e, struct gone_mpu *g)
+{
+	struct gone_mpu *t = g;
+
+	if (!g)
+		return;
+	while (t->next)
+		t = t->next;
+	pthread_mutex_lock(&e->lock);
+	t->next = e->gone;
+	e->gone = g;
+	pthread_mutex_unlock(&e->lock);
+}
+
+/* Prepend an upload to abort to the list *@head. */
+static int gone_new(struct gone_mpu **head, const char *upload_id, const char *key)
 {
 	struct gone_mpu *g = calloc(1, sizeof(*g));
 
@@ -514,10 +529,8 @@ static int gone_add(struct engine *e, const char *upload_id, const char *key)
 		return -ENOMEM;
 	snprintf(g->key, sizeof(g->key), "%s", key);
 	snprintf(g->upload_id, sizeof(g->upload_id), "%s", upload_id);
-	pthread_mutex_lock(&e->lock);
-	g->next = e->gone;
-	e->gone = g;
-	pthread_mutex_unlock(&e->lock);
+	g->next = *head;
+	*head = g;
 	return 0;
 }
 
@@ -530,7 +543,8 @@ static int gone_add(struct engine *e, const char *upload_id, const char *key)
 static void forget_record(struct engine *e, const char *name)
 {
 	struct store_record *rec = malloc(sizeof(*rec));
-	char rel[PATH_MAX], key[STORE_KEY_MAX] = "", upload_id[S3_UPLOAD_ID_MAX] = "";
+	struct gone_mpu *g = NULL;
+	char rel[PATH_MAX];
 	uint64_t id;
 
 	if (!rec)
@@ -540,17 +554,15 @@ static void forget_record(struct engine *e, const char *name)
 	if (!store_find_path(e->fs->st, rel, &id) && !store_get(e->fs->st, id, rec) &&
 	    status_active(rec->status)) {
 		if (rec->upload_id[0] && rec->s3_object_key[0]) {
-			snprintf(key, sizeof(key), "%s", rec->s3_object_key);
-			snprintf(upload_id, sizeof(upload_id), "%s", rec->upload_id);
-			store_gone_put(e->fs->st, upload_id, rec->s3_bucket, key);
+			store_gone_put(e->fs->st, rec->upload_id, rec->s3_bucket, rec->s3_object_key);
+			gone_new(&g, rec->upload_id, rec->s3_object_key);
 		}
 		drop_record(e->fs->st, rec);
 		store_part_clear(e->fs->st, id);
 	}
 	pthread_mutex_unlock(&e->fs->rec_lock);
 	free(rec);
-	if (upload_id[0])
-		gone_add(e, upload_id, key);
+	gone_push(e, g);
 }
 
 /*
@@ -561,13 +573,27 @@ static void forget_record(struct engine *e, const char *name)
  */
 #define GONE_TRIES 60
 
+struct gone_load {
+	const char *bucket;
+	struct gone_mpu *list;
+};
+
 static int load_gone_cb(const char *upload_id, const char *bucket, const char *key, void *arg)
 {
-	struct engine *e = arg;
+	struct gone_load *l = arg;
 
-	if (strcmp(bucket, e->cfg->bucket))
+	if (strcmp(bucket, l->bucket))
 		return 0;	/* kept for a mount of its bucket */
-	return gone_add(e, upload_id, key);
+	return gone_new(&l->list, upload_id, key);
+}
+
+/* The uploads an earlier mount left to abort (collected first: no lock inside a txn). */
+static void load_gone(struct engine *e)
+{
+	struct gone_load l = { e->cfg->bucket, NULL };
+
+	store_gone_list(e->fs->st, load_gone_cb, &l);
+	gone_push(e, l.list);
 }
 
 static void abort_gone(struct engine *e)
@@ -607,14 +633,7 @@ static void abort_gone(struct engine *e)
 		g = next;
 	}
 	s3_client_free(c);
-	if (again) {
-		pthread_mutex_lock(&e->lock);
-		for (g = again; g->next; g = g->next)
-			;
-		g->next = e->gone;
-		e->gone = again;
-		pthread_mutex_unlock(&e->lock);
-	}
+	gone_push(e, again);
 }
 
 void engine_unit_touched(struct engine *e, const char *name, int gone)
@@ -2268,7 +2287,7 @@ static void *sched_main(void *arg)
 	struct engine *e = arg;
 	double next_scan = fs_monotonic() + RESCAN_SECONDS;
 
-	store_gone_list(e->fs->st, load_gone_cb, e);	/* left by an earlier mount */
+	load_gone(e);
 	abort_gone(e);
 	abort_orphans(e);
 	for (;;) {
