@@ -1181,7 +1181,16 @@ static int upload_multi(struct engine *e, struct s3_client *c, struct unit *u,
 			snprintf(r->error, sizeof(r->error), "%s", s3_client_error(c));
 			goto out;
 		}
-		abort_strays(c, r->key, r->upload_id);
+		/*
+		 * Uploads of this key that an earlier attempt left (its abort
+		 * failed, or a crash came before its id was saved), or that a
+		 * create whose answer was lost made before it was sent again,
+		 * are aborted.  A first attempt whose create went through at once
+		 * has none to find: the listing cost 44 ms before its first part,
+		 * and could abort another client's upload of the same key.
+		 */
+		if (rec->attempts > 1 || s3_client_sent_twice(c))
+			abort_strays(c, r->key, r->upload_id);
 		store_part_clear(e->fs->st, u->id);
 		rc = fs_record_update(e->fs, u->id, save_mpu_fn,
 				      &(struct mpu_arg){ r->key, r->upload_id });

@@ -88,6 +88,8 @@ struct s3_client {
 	void *progress_arg;
 	uint64_t rng; /* xorshift64* state for the jitter */
 	long http_status;
+	int attempts;		/* requests the last call sent (s3_client_sent_twice) */
+	int performed;		/* a request went out before: a connection may be kept */
 	char err[S3_ERROR_MAX]; /* what s3_client_error() shows */
 	char err_what[S3_ERROR_MAX]; /* what failed, for the current call */
 	char err_hint[256]; /* what to do about it, may be "" */
@@ -876,6 +878,7 @@ static struct s3_verdict attempt_once(struct s3_client *c, const struct s3_req *
 	char *query = NULL;
 	CURL *e = c->easy;
 	CURLcode cc;
+	long conns = 0;
 	int rc;
 
 	s3_buf_init(&path, 4 * S3_KEY_MAX);
@@ -957,6 +960,14 @@ static struct s3_verdict attempt_once(struct s3_client *c, const struct s3_req *
 	cc = curl_easy_perform(e);
 	c->http_status = rs->status;
 	/*
+	 * libcurl sends a request again, unasked, on a new connection when the
+	 * kept one died before any answer came (and so after a lost answer)
+	 */
+	if (curl_easy_getinfo(e, CURLINFO_NUM_CONNECTS, &conns) == CURLE_OK && conns > 0 &&
+	    c->performed)
+		c->attempts++;
+	c->performed = 1;
+	/*
 	 * A whole 2xx is judged even if the flag rose meanwhile: the server
 	 * has acted, and calling that cancelled would have the caller do it
 	 * again (a PUT with If-None-Match: * would then meet its own object).
@@ -1011,6 +1022,7 @@ static int s3_call(struct s3_client *c, const struct s3_req *rq, struct s3_resp 
 		double cap, d;
 		char k[S3_ESC_MAX];
 
+		c->attempts = attempt;
 		if (cancelled(c)) {
 			v.rc = -ECANCELED;
 			err_what(c, "cancelled");
@@ -1430,6 +1442,11 @@ const char *s3_client_error(const struct s3_client *c)
 long s3_client_http_status(const struct s3_client *c)
 {
 	return c->http_status;
+}
+
+int s3_client_sent_twice(const struct s3_client *c)
+{
+	return c->attempts > 1;
 }
 
 int s3_client_signs_data(const struct s3_client *c)

@@ -104,6 +104,11 @@ void s3_global_cleanup(void);
 const char *s3_client_error(const struct s3_client *c);
 /* HTTP status of the last response (0 if none). */
 long s3_client_http_status(const struct s3_client *c);
+/*
+ * 1 when the last call's request may have reached the server more than
+ * once: it was retried, or libcurl sent it again on a new connection.
+ */
+int s3_client_sent_twice(const struct s3_client *c);
 /* Is object data's sha256 signed (not unsigned_payload)?  If not, callers need not make it. */
 int s3_client_signs_data(const struct s3_client *c);
 

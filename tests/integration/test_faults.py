@@ -367,6 +367,54 @@ def test_403_on_a_part_fails_at_once_and_aborts(fault_proxy, mount, s3, tmp_path
     assert get_xattr(m.completed(name), "user.mgmt.error") == "<ENODATA>"
 
 
+def create_upload(m, key):
+    """A multipart upload of @key made by another client: its upload id."""
+    r = m.client.request("POST", m.bucket, key, query=[("uploads", "")])
+    assert r.status == 200, (r.status, r.body[:300])
+    return re.search(rb"<UploadId>([^<]+)</UploadId>", r.body).group(1).decode()
+
+
+def test_first_attempt_leaves_other_uploads_of_its_key_alone(fault_proxy, mount, tmp_path):
+    """A first attempt has no earlier upload of its own to clean up: it does
+    not list the multipart uploads of its key, and one that another client
+    has in progress there is still there when the file is completed."""
+    m = mount(proxied(fault_proxy))
+    name = "film.bin"
+    theirs = create_upload(m, m.key(name))
+    data = data_of(MULTI_SIZE, 11)
+    write_file(m.pending(name), data)
+    m.wait_completed(name)
+    lg = fault_proxy.log()
+    assert lg.find("GET", r"[?&]uploads") == [], "a first attempt listed the uploads of its key"
+    assert uploads_under(m) == [(m.key(name), theirs)]
+    m.client.request("DELETE", m.bucket, m.key(name), query=[("uploadId", theirs)])
+    assert_uploaded_once(m, name, data, tmp_path / "check")
+
+
+def test_retry_aborts_the_upload_a_failed_abort_left(fault_proxy, mount, tmp_path):
+    """A 403 on a part fails the upload, and its abort fails too (the server
+    refuses it): the multipart upload stays on the server.  The retry aborts
+    it before its own, so nothing is left behind."""
+    m = mount(proxied(fault_proxy))
+    fault_proxy.set_rules([{"fault": "status:403:AccessDenied", "match": r"PUT .*\?partNumber=3&"},
+                           {"fault": "status:403:AccessDenied", "match": r"^DELETE .*\?uploadId="}])
+    name = "film.bin"
+    data = data_of(MULTI_SIZE, 12)
+    write_file(m.pending(name), data)
+    wait_status(m.pending(name), "failed")
+    left = uploads_under(m)
+    assert len(left) == 1 and left[0][0] == m.key(name), left
+
+    fault_proxy.set_rules([])
+    p = m.cli("retry", "--failed")
+    assert p.returncode == 0, p.stderr.decode(errors="replace")
+    m.wait_completed(name)
+    lg = fault_proxy.log()
+    assert lg.find("DELETE", r"\?uploadId=" + re.escape(left[0][1]) + "$", 204), \
+        "the upload the failed abort left was not aborted by the retry"
+    assert_uploaded_once(m, name, data, tmp_path / "check")
+
+
 def test_server_that_stops_answering_is_named(fault_proxy, mount):
     """A server that takes every PUT and never answers (as a full Ceph
     cluster does): the unit fails after max_attempts with an error that

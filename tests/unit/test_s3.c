@@ -290,6 +290,7 @@ static void test_put_503_then_200(void **state)
 	assert_int_equal(s3_put_object(c, "dir/a b.txt", "hello", 5, NULL, NULL, 0, NULL, 0, etag),
 			 0);
 	assert_int_equal(mk.calls, 2);
+	assert_int_equal(s3_client_sent_twice(c), 1);
 	assert_string_equal(etag, MD5_HELLO);
 	assert_string_equal(s3_client_error(c), "");
 	assert_int_equal(s3_client_http_status(c), 200);
@@ -677,6 +678,7 @@ static void test_create_and_meta(void **state)
 
 	script(r, 1);
 	assert_int_equal(s3_mpu_create(c, "k", meta, 2, id), 0);
+	assert_int_equal(s3_client_sent_twice(c), 0);	/* sent once: no upload left behind */
 	assert_string_equal(id, "2~abc&def");
 	assert_string_equal(mk.sent_url[0], "http://127.0.0.1:7480/test/k?uploads=");
 	assert_non_null(
