@@ -1790,6 +1790,7 @@ static _Thread_local struct {
 	int64_t since;
 	uint64_t bytes;
 	int changed;
+	int same_second;	/* something changed in the second @since */
 } tree;
 
 static int tree_cb(const char *path, const struct stat *st, int flag, struct FTW *ftw)
@@ -1799,32 +1800,42 @@ static int tree_cb(const char *path, const struct stat *st, int flag, struct FTW
 	(void)ftw;
 	if ((int64_t)st->st_ctim.tv_sec > tree.since)
 		tree.changed = 1;
+	if ((int64_t)st->st_ctim.tv_sec == tree.since)
+		tree.same_second = 1;
 	if (S_ISREG(st->st_mode))
 		tree.bytes += (uint64_t)st->st_size;
 	return tree.changed;
 }
 
-/* Does the file @path hash to @want ("sha256:HEX")?  Reads it whole. */
-static int file_has_checksum(const char *path, const char *want)
+/*
+ * Does pending/@name at @path hash to @want ("sha256:HEX"), as its upload
+ * hashed it: a file's bytes, a directory's tar stream?  Reads it whole.
+ */
+static int unit_has_checksum(const char *path, const char *name, const char *want)
 {
-	struct digest_sha256 sha;
+	struct arc_opts opts = { .format = ARC_TAR };
+	struct arc_stream *as = NULL;
 	unsigned char *buf = malloc(1 << 20);
 	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-	char hex[65];
+	char hex[65] = "";
+	struct stat st;
 	ssize_t n = -1;
 
-	if (buf && fd >= 0) {
-		digest_sha256_init(&sha);
-		while ((n = read(fd, buf, 1 << 20)) > 0)
-			digest_update(NULL, &sha, NULL, buf, (size_t)n);
+	if (buf && fd >= 0 && fstat(fd, &st) == 0) {
+		if (S_ISDIR(st.st_mode))
+			n = arc_stream_open_dir(&opts, fd, name, &as);
+		else
+			n = arc_stream_open_file(&opts, fd, name, &st, &as);
 	}
+	while (as && n >= 0 && (n = arc_stream_read(as, buf, 1 << 20)) > 0)
+		;
+	if (as && n == 0 && arc_stream_sha256(as, hex))
+		n = -1;
+	arc_stream_free(as);
 	if (fd >= 0)
 		close(fd);
 	free(buf);
-	if (n < 0)
-		return 0;
-	digest_sha256_hex(&sha, hex);
-	return !strncmp(want, "sha256:", 7) && !strcmp(want + 7, hex);
+	return n == 0 && !strncmp(want, "sha256:", 7) && !strcmp(want + 7, hex);
 }
 
 /*
@@ -1848,14 +1859,16 @@ static int is_the_uploaded(struct engine *e, const struct store_record *rec, con
 			return 0;
 		/* changed in the second the upload ended: only its bytes can tell */
 		return (int64_t)st->st_ctim.tv_sec < rec->upload_timestamp ||
-		       file_has_checksum(path, rec->checksum);
+		       unit_has_checksum(path, rec->original_path + 8, rec->checksum);
 	}
 	/* a directory: nothing anywhere inside changed since, and its files add up */
 	tree.since = rec->upload_timestamp;
 	tree.bytes = 0;
 	tree.changed = 0;
-	return nftw(path, tree_cb, 16, FTW_PHYS) == 0 && !tree.changed &&
-	       tree.bytes == rec->original_size;
+	tree.same_second = 0;
+	if (nftw(path, tree_cb, 16, FTW_PHYS) || tree.changed || tree.bytes != rec->original_size)
+		return 0;
+	return !tree.same_second || unit_has_checksum(path, rec->original_path + 8, rec->checksum);
 }
 
 /*

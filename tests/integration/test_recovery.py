@@ -447,27 +447,30 @@ def test_new_file_in_the_upload_second_is_not_taken_for_it(mount, tmp_path):
     restart(m)
     check_new_x_uploaded(m, new, tmp_path)
 
-def test_unmoved_directory_changed_inside_is_uploaded_again(mount):
-    """A directory uploaded but not moved (completed/ immutable), then a file
-    inside it changed while unmounted: the next mount sees the change (not
-    just the top directory's ctime) and uploads it again instead of moving
-    the changed tree as the one uploaded."""
-    m = mount({"dir_settle": "0.5"})
+def unmoved_album(m, when=None):
+    """pending/album uploaded but not moved (completed/ immutable, the move
+    fails), the mount stopped after @when(ended) ran (ended: the second the
+    upload ended, from its record).  Returns what @when returned."""
     completed_dir = m.local / "completed"
     subprocess.run(["chattr", "+i", str(completed_dir)], check=True)
     try:
+        time.sleep(1 - time.time() % 1)  # most of a second ahead
         os.mkdir(m.pending("album"))
         (m.pending("album") / "a.txt").write_bytes(b"old content\n" * 100)
         deadline = time.monotonic() + 60
         while get_status(m.pending("album")) != "failed":
             assert time.monotonic() < deadline, m.log()
-            time.sleep(0.05)
+            time.sleep(0.01)
+        ended = parse_utc(get_xattr(m.pending("album"), "user.mgmt.upload_timestamp"))
+        out = when(ended) if when else None
         assert m.stop() == []
     finally:
         subprocess.run(["chattr", "-i", str(completed_dir)], check=True)
-    time.sleep(1.1)  # ctime has whole seconds
-    with open(m.local / "pending" / "album" / "a.txt", "r+b") as f:
-        f.write(b"NEW")
+    return out
+
+
+def check_album_uploaded_again(m):
+    """The next mount uploaded the changed album again, not moved it as the one uploaded."""
     restart(m)
     m.wait_completed("album")
     local = (m.completed("album") / "a.txt").read_bytes()
@@ -475,3 +478,54 @@ def test_unmoved_directory_changed_inside_is_uploaded_again(mount):
     with tarfile.open(fileobj=io.BytesIO(m.client.get_object(m.bucket, key)), mode="r:gz") as tf:
         assert tf.extractfile("album/a.txt").read() == local
     assert local.startswith(b"NEW")
+
+
+def test_unmoved_directory_changed_inside_is_uploaded_again(mount):
+    """A directory uploaded but not moved, then a file inside it changed while
+    unmounted: the next mount sees the change (not just the top directory's
+    ctime) and uploads it again instead of moving the changed tree as the one
+    uploaded."""
+    m = mount({"dir_settle": "0.5"})
+    unmoved_album(m)
+    time.sleep(1.1)  # ctime has whole seconds
+    with open(m.local / "pending" / "album" / "a.txt", "r+b") as f:
+        f.write(b"NEW")
+    check_album_uploaded_again(m)
+
+
+def unmoved_album_of_one_second(mount, change):
+    """unmoved_album, its file written (and changed, if @change) in the second
+    the upload ended, tried until the clock allows: the mount."""
+    def when(ended):
+        a = m.local / "pending" / "album" / "a.txt"
+        if change:
+            with open(a, "r+b") as f:
+                f.write(b"NEW")
+        return int(os.stat(a).st_ctime) == int(ended)
+
+    for _ in range(6):
+        m = mount({"dir_settle": "0.5"})
+        if unmoved_album(m, when):
+            return m
+    pytest.fail("could not write the file in the second its upload ended")
+
+
+def test_unmoved_directory_unchanged_in_the_upload_second_is_only_moved(mount):
+    """A directory uploaded but not moved whose file was written in the second
+    the upload ended, unchanged since: the tree's bytes match the upload's
+    checksum, so the next mount only moves it (no second copy)."""
+    m = unmoved_album_of_one_second(mount, change=False)
+    restart(m)
+    m.wait_completed("album")
+    assert "'pending/album' was uploaded before" in m.log()
+    assert get_xattr(m.completed("album"), "user.mgmt.s3_object_key") == m.key("album")
+    assert m.client.list_objects(m.bucket, m.prefix + "/") == [m.key("album")]
+
+
+def test_unmoved_directory_changed_in_the_upload_second_is_uploaded_again(mount):
+    """A directory uploaded but not moved, then its file changed in the very
+    second the upload ended (the upload's timestamp has whole seconds): the
+    tree's bytes tell it from the one uploaded, and it is uploaded again."""
+    check_album_uploaded_again(unmoved_album_of_one_second(mount, change=True))
+
+
