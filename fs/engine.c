@@ -1700,6 +1700,16 @@ static int unmoved_fn(struct store_record *rec, void *arg)
 }
 
 /* Record the upload, then move the file (the record first: a crash between is repaired). */
+static int engine_stopping(struct engine *e)
+{
+	int stopping;
+
+	pthread_mutex_lock(&e->lock);
+	stopping = e->stopping;
+	pthread_mutex_unlock(&e->lock);
+	return stopping;
+}
+
 static void finish_ok(struct engine *e, struct unit *u, const char *name, struct result *r)
 {
 	char dest[NAME_MAX + 1], path[PATH_MAX], eb[128];
@@ -1714,13 +1724,15 @@ static void finish_ok(struct engine *e, struct unit *u, const char *name, struct
 				      &(struct done_arg){ r, dest, e->cfg->bucket });
 		if (rc)
 			break;
-		rc = fs_move_to_completed(e->fs, name, dest);
+		/* a change after the upload's last check raised the cancel (none while stopping) */
+		rc = fs_move_to_completed(e->fs, name, dest,
+					  engine_stopping(e) ? NULL : &u->cancel);
 	}
 	store_part_clear(e->fs->st, u->id);
 	if (rc == -EBUSY) {
-		/* a writer came after the last check: the last release queues it again */
-		mgmtfs_info("'pending/%s' was opened for writing as its upload finished: "
-			    "uploading it again once closed", name);
+		/* a writer or a change came after the last check: it is queued again */
+		mgmtfs_info("'pending/%s' was changed or opened for writing as its upload "
+			    "finished: uploading it again once closed", name);
 		fs_record_update(e->fs, u->id, unmoved_fn, NULL);
 		pthread_mutex_lock(&e->lock);
 		u->again = 1;
@@ -1756,16 +1768,6 @@ static int final_error(int rc)
 	default:
 		return 0;
 	}
-}
-
-static int engine_stopping(struct engine *e)
-{
-	int stopping;
-
-	pthread_mutex_lock(&e->lock);
-	stopping = e->stopping;
-	pthread_mutex_unlock(&e->lock);
-	return stopping;
 }
 
 /*
@@ -2090,7 +2092,7 @@ static int recover_move_cb(const struct store_record *rec, void *arg)
 	if (backing_pending(e, name, from, sizeof(from)) || lstat(from, &st) ||
 	    access(to, F_OK) == 0 || !is_the_uploaded(e, rec, from, &st))
 		return 0;
-	if (fs_move_to_completed(e->fs, name, dest) == 0)
+	if (fs_move_to_completed(e->fs, name, dest, NULL) == 0)
 		mgmtfs_info("recovered: moved 'pending/%s' to '%s'", name, rec->completed_path);
 	return 0;
 }

@@ -2,8 +2,9 @@
  * fs_i.h - what the files of fs/ share: the filesystem state (struct fs),
  * the inode table, and the upload engine's interface.
  *
- * Lock order: fs->lock (inode table) before engine->lock; fs->rec_lock
- * (read-modify-write of records) is taken alone or before engine->lock.
+ * Lock order: fs->change_lock before fs->lock (inode table) before
+ * engine->lock; fs->rec_lock (read-modify-write of records) is taken alone
+ * or before engine->lock.
  * No lock is ever held across a network call or a kernel notification.
  */
 #ifndef MGMTFS_FS_I_H
@@ -49,6 +50,7 @@ struct fs {
 	struct fuse_session *se;
 	pthread_mutex_t lock;	/* the inode table */
 	pthread_mutex_t rec_lock; /* read-modify-write of records */
+	pthread_rwlock_t change_lock;	/* changes to units (shared) vs their move (exclusive) */
 	struct node *root, *pending, *completed;
 	struct fh *open_writers;	/* handles counted in a unit, protected by lock */
 	struct node **ino_hash;
@@ -74,9 +76,11 @@ void fs_release_state(struct fs *fs);
  * Move the unit pending/@name to completed/@dest on disk (no replace) and
  * tell the kernel.  Called by upload workers.  Returns 0, -EEXIST when
  * @dest is taken, -ENOENT when the unit is gone, -EBUSY when something in
- * it is open for writing, or -errno.
+ * it is open for writing or *@changed (may be NULL) rose (a change through
+ * the mount since the upload), or -errno.
  */
-int fs_move_to_completed(struct fs *fs, const char *name, const char *dest);
+int fs_move_to_completed(struct fs *fs, const char *name, const char *dest,
+			 const atomic_int *changed);
 
 /* Number of handles open for writing on anything now inside unit @name. */
 int fs_unit_writers(struct fs *fs, const char *name);

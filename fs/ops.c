@@ -426,6 +426,26 @@ static int may_create(struct fs *fs, fuse_ino_t parent, enum fs_area *area_out)
  * an unlink moves the counts of the entries it moved (writers_rehome).
  */
 
+/*
+ * A change to a unit through the mount: the engine is told first (its
+ * upload in flight is cancelled: engine_unit_touched), then the change is
+ * made, both under change_lock shared.  The move to completed/ takes it
+ * exclusive (fs_move_to_completed): it sees the cancel of a change made
+ * before it, and a change made after it finds the unit gone from
+ * pending/.  So no change lands in completed/ unseen, its bytes never sent.
+ */
+static void change_begin(struct fs *fs, const char *unit)
+{
+	pthread_rwlock_rdlock(&fs->change_lock);
+	if (unit && unit[0])
+		engine_unit_touched(fs->eng, unit, 0);
+}
+
+static void change_end(struct fs *fs)
+{
+	pthread_rwlock_unlock(&fs->change_lock);
+}
+
 /* Count @h, open for writing on @ino, in the unit its entry is in now. */
 static void writer_open(struct fs *fs, fuse_ino_t ino, struct fh *h)
 {
@@ -611,7 +631,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int va
 	char path[PATH_MAX], unit[NAME_MAX + 1];
 	enum fs_area area;
 	int fd = fi && FH(fi) ? FH(fi)->fd : -1;
-	int rc;
+	int rc, locked = 0;
 
 	rc = ino == FUSE_ROOT_ID ? -EPERM
 				 : ino_path(fs, ino, NULL, path, sizeof(path), &area, unit,
@@ -622,8 +642,8 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int va
 		rc = -EROFS;
 		goto out;
 	}
-	if (unit[0] && (valid & (FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_MODE)))
-		engine_unit_touched(fs->eng, unit, 0);
+	change_begin(fs, valid & (FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_MODE) ? unit : NULL);
+	locked = 1;
 	if ((valid & FUSE_SET_ATTR_MODE) &&
 	    (fd >= 0 ? fchmod(fd, attr->st_mode & 07777) : chmod(path, attr->st_mode & 07777))) {
 		rc = -errno;
@@ -643,6 +663,8 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int va
 		rc = -errno;
 		goto out;
 	}
+	change_end(fs);
+	locked = 0;
 	if (valid & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)) {
 		struct timespec tv[2] = { { 0, UTIME_OMIT }, { 0, UTIME_OMIT } };
 
@@ -663,6 +685,8 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int va
 	if (unit[0] && (valid & FUSE_SET_ATTR_SIZE) && !fs_unit_writers(fs, unit))
 		engine_unit_changed(fs->eng, unit);
 out:
+	if (locked)
+		change_end(fs);
 	if (rc)
 		fuse_reply_err(req, -rc);
 	else
@@ -696,31 +720,28 @@ static void make_entry(fuse_req_t req, fuse_ino_t parent, const char *name, mode
 	struct fuse_entry_param e;
 	char path[PATH_MAX];
 	enum fs_area area;
+	char unit[NAME_MAX + 1];
 	int rc = may_create(fs, parent, &area);
 
 	if (!rc)
-		rc = ino_path(fs, parent, name, path, sizeof(path), NULL, NULL, 0);
+		rc = ino_path(fs, parent, name, path, sizeof(path), NULL, unit, sizeof(unit));
 	if (rc)
 		goto out;
+	change_begin(fs, parent != fs->pending->ino ? unit : NULL);	/* a new unit: nothing to tell */
 	if (link)
 		rc = symlink(link, path);
 	else if (S_ISDIR(mode))
 		rc = mkdir(path, mode & 07777);
 	else
 		rc = mknod(path, mode, rdev);
-	if (rc) {
-		rc = -errno;
+	rc = rc ? -errno : 0;
+	change_end(fs);
+	if (rc)
 		goto out;
-	}
 	chown_to_caller(req, path);
 	rc = do_lookup(fs, parent, name, &e);
-	if (!rc && parent != FUSE_ROOT_ID) {
-		char unit[NAME_MAX + 1];
-
-		if (!ino_path(fs, parent, name, path, sizeof(path), NULL, unit, sizeof(unit)) &&
-		    unit[0])
-			engine_unit_changed(fs->eng, unit);
-	}
+	if (!rc && parent != FUSE_ROOT_ID && unit[0])
+		engine_unit_changed(fs->eng, unit);
 out:
 	reply_entry_or_err(req, rc, &e);
 }
@@ -753,12 +774,11 @@ static void remove_entry(fuse_req_t req, fuse_ino_t parent, const char *name, in
 					       sizeof(unit));
 	if (rc)
 		goto out;
-	if (area == AREA_PENDING && unit[0])
-		engine_unit_touched(fs->eng, unit, 0);
-	if (dir ? rmdir(path) : unlink(path)) {
-		rc = -errno;
+	change_begin(fs, area == AREA_PENDING ? unit : NULL);
+	rc = (dir ? rmdir(path) : unlink(path)) ? -errno : 0;
+	change_end(fs);
+	if (rc)
 		goto out;
-	}
 	if (parent == fs->pending->ino)
 		engine_unit_touched(fs->eng, unit, 1);
 	pthread_mutex_lock(&fs->lock);
@@ -817,14 +837,13 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 		rc = -EINVAL;
 		goto out;
 	}
-	if (a_from == AREA_PENDING && unit_from[0])
-		engine_unit_touched(fs->eng, unit_from, 0);
+	change_begin(fs, a_from == AREA_PENDING ? unit_from : NULL);
 	if (unit_to[0])
 		engine_unit_touched(fs->eng, unit_to, 0);
-	if (renameat2(AT_FDCWD, from, AT_FDCWD, to, flags)) {
-		rc = -errno;
+	rc = renameat2(AT_FDCWD, from, AT_FDCWD, to, flags) ? -errno : 0;
+	change_end(fs);
+	if (rc)
 		goto out;
-	}
 	pthread_mutex_lock(&fs->lock);
 	p = ino_get(fs, parent);
 	np = ino_get(fs, newparent);
@@ -913,10 +932,12 @@ static int open_backing(fuse_req_t req, fuse_ino_t ino, const char *name, int fl
 	h = calloc(1, sizeof(*h));
 	if (!h)
 		return -ENOMEM;
-	if (unit[0] && writing)
-		engine_unit_touched(fs->eng, unit, 0);
+	if (writing)
+		change_begin(fs, unit);
 	/* the kernel gives the real offset of every write: O_APPEND would move it */
 	h->fd = open(path, (flags & ~(O_APPEND | O_NOFOLLOW)) | O_NOFOLLOW | O_CLOEXEC, mode);
+	if (writing)
+		change_end(fs);
 	if (h->fd < 0) {
 		rc = -errno;
 		free(h);
@@ -1695,33 +1716,37 @@ out:
 }
 
 /*
- * Move the unit @from to @dir/@dest (not existing) across filesystems.  The
- * copy is made under a hidden name in @dir and renamed into place once
- * whole, so that a crash mid-copy never leaves a part at @dest (the next
- * mount's recovery moves the unit again, over the leftover).
+ * The first half of a move of the unit @from across filesystems: a copy
+ * under a hidden name @tmp (size PATH_MAX) in @dir, made before the move
+ * is decided, so that a crash mid-copy never leaves a part at the
+ * destination (the next mount's recovery moves the unit again, over the
+ * leftover).  commit_across() puts it in place.
  */
-static int move_across(const char *from, const char *dir, const char *dest)
+static int stage_across(const char *from, const char *dir, char *tmp)
 {
-	char tmp[PATH_MAX], to[PATH_MAX], eb[128];
-	/* named after the unit, not @dest: two units may try one @dest at once */
+	/* named after the unit, not its destination: two units may try one name at once */
 	uint64_t h = fnv1a(FNV1A_BASIS, from);
+
+	if (snprintf(tmp, PATH_MAX, "%s/.mgmtfs-moving-%016llx", dir, (unsigned long long)h) >=
+	    PATH_MAX) {
+		tmp[0] = '\0';
+		return -ENAMETOOLONG;
+	}
+	remove_tree(tmp);
+	return copy_tree(from, tmp);
+}
+
+/* The copy @tmp becomes @to (not replaced) and the original @from goes. */
+static int commit_across(const char *tmp, const char *to, const char *from)
+{
+	char eb[128];
 	int rc;
 
-	if (snprintf(tmp, sizeof(tmp), "%s/.mgmtfs-moving-%016llx", dir, (unsigned long long)h) >=
-		    (int)sizeof(tmp) ||
-	    snprintf(to, sizeof(to), "%s/%s", dir, dest) >= (int)sizeof(to))
-		return -ENAMETOOLONG;
-	remove_tree(tmp);
-	rc = copy_tree(from, tmp);
-	if (rc)
-		return rc;
 	rc = renameat2(AT_FDCWD, tmp, AT_FDCWD, to, RENAME_NOREPLACE) ? -errno : 0;
 	if (rc == -EINVAL)	/* no RENAME_NOREPLACE there (NFS, CIFS): check, then rename */
 		rc = access(to, F_OK) == 0 ? -EEXIST : rename(tmp, to) ? -errno : 0;
-	if (rc) {
-		remove_tree(tmp);
+	if (rc)
 		return rc;
-	}
 	/* the whole copy is in completed_dir: the unit has moved, whatever is left here */
 	rc = remove_tree(from);
 	if (rc)
@@ -1730,34 +1755,67 @@ static int move_across(const char *from, const char *dir, const char *dest)
 	return 0;
 }
 
-int fs_move_to_completed(struct fs *fs, const char *name, const char *dest)
+/*
+ * Can unit @name at @from move now?  -ENOENT if it is gone, -EBUSY if it is
+ * open for writing or was changed (*@changed) since its upload, else 0.
+ */
+static int unit_busy(struct fs *fs, const char *name, const char *from, const atomic_int *changed)
 {
-	char from[PATH_MAX], to[PATH_MAX];
+	struct stat st;
+
+	if (lstat(from, &st))
+		return -errno;
+	return fs_unit_writers(fs, name) > 0 || (changed && atomic_load(changed)) ? -EBUSY : 0;
+}
+
+int fs_move_to_completed(struct fs *fs, const char *name, const char *dest,
+			 const atomic_int *changed)
+{
+	char from[PATH_MAX], to[PATH_MAX], tmp[PATH_MAX];
 	struct node *n;
 	int rc;
 
 	snprintf(from, sizeof(from), "%s/pending/%s", fs->cfg->local_dir, name);
 	snprintf(to, sizeof(to), "%s/%s", fs->cfg->completed_dir, dest);
-	/* open for writing again since the upload: its last release queues it again */
-	if (fs_unit_writers(fs, name) > 0)
-		return -EBUSY;
-	/* on disk first, without the table's lock: a copy across filesystems takes time */
-	rc = renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) ? -errno : 0;
-	if (rc == -EXDEV)
-		rc = access(to, F_OK) == 0 ? -EEXIST
-					   : move_across(from, fs->cfg->completed_dir, dest);
+	/*
+	 * No change through the mount can come between the check and the
+	 * rename (change_begin): a writer that opens now finds the unit gone
+	 * from pending/, and one that came before makes it busy.  Busy: the
+	 * last release queues it again.
+	 */
+	pthread_rwlock_wrlock(&fs->change_lock);
+	rc = unit_busy(fs, name, from, changed);
+	if (!rc)
+		rc = renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) ? -errno : 0;
+	if (rc == -EXDEV && access(to, F_OK) == 0)
+		rc = -EEXIST;
+	if (rc == -EXDEV) {
+		/* a copy takes time: changes go on meanwhile, and one makes it busy */
+		pthread_rwlock_unlock(&fs->change_lock);
+		rc = stage_across(from, fs->cfg->completed_dir, tmp);
+		pthread_rwlock_wrlock(&fs->change_lock);
+		if (!rc)
+			rc = unit_busy(fs, name, from, changed);
+		rc = rc ? rc : commit_across(tmp, to, from);
+		if (rc && tmp[0])
+			remove_tree(tmp);
+	}
+	if (!rc) {
+		pthread_mutex_lock(&fs->lock);
+		n = name_get(fs, fs->pending, name);
+		if (n) {
+			node_detach(fs, n);
+			/* a lookup that raced with the move made its own node: keep that one */
+			if (name_get(fs, fs->completed, dest) ||
+			    node_attach(fs, n, fs->completed, dest))
+				node_maybe_free(fs, n);
+			writers_rehome(fs);
+		}
+		pthread_mutex_unlock(&fs->lock);
+	}
+	pthread_rwlock_unlock(&fs->change_lock);
 	if (rc)
 		return rc;
-	pthread_mutex_lock(&fs->lock);
-	n = name_get(fs, fs->pending, name);
-	if (n) {
-		node_detach(fs, n);
-		/* a lookup that raced with the move made its own node: keep that one */
-		if (name_get(fs, fs->completed, dest) || node_attach(fs, n, fs->completed, dest))
-			node_maybe_free(fs, n);
-		writers_rehome(fs);	/* one that opened after the check above */
-	}
-	pthread_mutex_unlock(&fs->lock);
 	if (fs->se) {
 		fuse_lowlevel_notify_inval_entry(fs->se, fs->pending->ino, name, strlen(name));
 		fuse_lowlevel_notify_inval_entry(fs->se, fs->completed->ino, dest, strlen(dest));
@@ -1779,6 +1837,15 @@ int fs_init_state(struct fs *fs, const struct mgmtfs_config *cfg, struct store *
 		return -errno;
 	pthread_mutex_init(&fs->lock, NULL);
 	pthread_mutex_init(&fs->rec_lock, NULL);
+	{
+		pthread_rwlockattr_t a;
+
+		/* the move waits for the changes under way, not for a stream of new ones */
+		pthread_rwlockattr_init(&a);
+		pthread_rwlockattr_setkind_np(&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+		pthread_rwlock_init(&fs->change_lock, &a);
+		pthread_rwlockattr_destroy(&a);
+	}
 	fs->hash_size = 1 << 16;
 	fs->ino_hash = calloc(fs->hash_size, sizeof(*fs->ino_hash));
 	fs->name_hash = calloc(fs->hash_size, sizeof(*fs->name_hash));
@@ -1812,4 +1879,5 @@ void fs_release_state(struct fs *fs)
 	fs->ino_hash = fs->name_hash = NULL;
 	pthread_mutex_destroy(&fs->lock);
 	pthread_mutex_destroy(&fs->rec_lock);
+	pthread_rwlock_destroy(&fs->change_lock);
 }

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import tarfile
+import time
 
 import pytest
 
@@ -234,6 +235,43 @@ def test_completed_dir_on_another_filesystem(other_fs, mount, tmp_path):
                       mode="r:gz") as tf:
         for rel, body in files.items():
             assert sha256(tf.extractfile("album/" + rel).read()) == sha256(body), rel
+
+
+def test_write_during_a_move_across_filesystems_is_uploaded(other_fs, mount, tmp_path):
+    """An append through the mount while the uploaded file is being copied to
+    a completed_dir on another filesystem: the move is given up (the copy
+    dropped), the file is uploaded again with the appended bytes and then
+    moved.  completed/ and S3 hold the same bytes, the appended ones too."""
+    elsewhere = other_fs("1g")
+    m = mount({"completed_dir": elsewhere, "compression": "none"})
+    data = os.urandom(128 << 20)
+    for attempt in range(3):  # until the append comes while the copy is made
+        name = f"grow{attempt}.bin"
+        m.drop(write_source(tmp_path, name, data))
+        deadline = time.monotonic() + 120
+        while not any(n.startswith(".mgmtfs-moving-") for n in os.listdir(elsewhere)):
+            assert time.monotonic() < deadline, "the copy to completed_dir never started"
+            if os.path.exists(elsewhere / name):
+                break  # moved before the copy was seen
+            time.sleep(0.001)
+        else:
+            try:
+                with open(m.pending(name), "ab") as f:
+                    f.write(b"NEW")
+                break
+            except FileNotFoundError:
+                pass  # moved meanwhile
+        m.wait_completed(name, timeout=120)
+    else:
+        pytest.fail("could not write while the copy to completed_dir was made")
+
+    m.wait_completed(name, timeout=120)
+    local = m.completed(name).read_bytes()
+    assert sha256(local) == sha256(data + b"NEW")
+    assert get_xattr(m.completed(name), "user.mgmt.checksum") == "sha256:" + sha256(local)
+    key = get_xattr(m.completed(name), "user.mgmt.s3_object_key")
+    assert sha256(m.client.get_object(m.bucket, key)) == sha256(local)
+    assert not [n for n in os.listdir(elsewhere) if n.startswith(".mgmtfs-moving-")]
 
 
 @pytest.mark.parametrize("how", ["remount", "retry"])
