@@ -1699,7 +1699,6 @@ static int unmoved_fn(struct store_record *rec, void *arg)
 	return 0;
 }
 
-/* Record the upload, then move the file (the record first: a crash between is repaired). */
 static int engine_stopping(struct engine *e)
 {
 	int stopping;
@@ -1710,6 +1709,7 @@ static int engine_stopping(struct engine *e)
 	return stopping;
 }
 
+/* Record the upload, then move the file (the record first: a crash between is repaired). */
 static void finish_ok(struct engine *e, struct unit *u, const char *name, struct result *r)
 {
 	char dest[NAME_MAX + 1], path[PATH_MAX], eb[128];
