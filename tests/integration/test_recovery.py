@@ -269,6 +269,7 @@ def test_abort_of_removed_unit_survives_kill9(fault_proxy, mount):
     time.sleep(1.5)
     assert not fault_proxy.log(mark).find("DELETE", r"\?uploadId=")
 
+
 def test_unit_removed_while_down_is_forgotten(fault_proxy, mount):
     """A queued multipart upload whose file is removed from the backing
     directory while no daemon runs: the next mount drops its record and
@@ -446,6 +447,7 @@ def test_new_file_in_the_upload_second_is_not_taken_for_it(mount, tmp_path):
 
     restart(m)
     check_new_x_uploaded(m, new, tmp_path)
+
 
 def unmoved_album(m, when=None):
     """pending/album uploaded but not moved (completed/ immutable, the move
