@@ -70,6 +70,9 @@
 #define HUGE_PAGE (2u << 20)
 #define SMALL_BUF (256u << 10)	/* the reused buffer of a small file's one PUT */
 #define PUT_SLACK (64u << 10)	/* tar headers, padding and gzip's worst case */
+#define HINT_BITS 23		/* the duplicates hint: 2^23 bits, 1 MiB, touched where set */
+#define HEAD_BYTES (64u << 10)	/* what file_head hashes */
+#define AHEAD_BUF (1u << 20)	/* duplicate_ahead's reads */
 
 enum unit_state {
 	U_WAITING,
@@ -154,6 +157,9 @@ struct engine {
 	struct buf_pool pool;	/* free part buffers (part_size) */
 	struct buf_pool small;	/* free buffers of small files' one PUT (SMALL_BUF) */
 	atomic_int warm;	/* the pool was filled for a multipart upload once */
+	_Atomic uint64_t *hint;	/* the duplicates hint (hint_has), filled under hint_lock */
+	pthread_mutex_t hint_lock;
+	int hint_filled;	/* protected by hint_lock */
 	pthread_cond_t big_cond;
 	struct gone_mpu *gone;	/* multipart uploads of removed units, protected by lock */
 	int started;
@@ -931,6 +937,7 @@ struct result {
 	char checksum[80];
 	char upload_id[S3_UPLOAD_ID_MAX];
 	uint64_t in, out;
+	uint64_t head;		/* file_head of a file sent in parts, else 0 */
 	char error[S3_ERROR_MAX + 256];
 	int resumable;		/* keep the multipart upload for a later resume */
 	int unsure;		/* the complete may have gone through: keep the upload id */
@@ -1027,6 +1034,113 @@ static int find_duplicate(struct engine *e, struct s3_client *c, uint64_t self,
 	}
 	free(rec);
 	return found;
+}
+
+/*
+ * The duplicates hint: one bit per hash of (original size, head) of every
+ * completed or duplicate record of a file sent in parts, where head is the
+ * first 8 bytes of the sha256 of the file's first HEAD_BYTES (file_head).
+ * It is filled from the store the first time it is asked and marked by
+ * every upload that ends since.  A clear bit means no such record, bar one
+ * another process wrote meanwhile (mgmtfs rebuild) or one older than the
+ * head field: that duplicate is found once uploaded, as without the hint.
+ */
+static uint64_t hint_bit(uint64_t size, uint64_t head)
+{
+	return ((size ^ head) * 0x9e3779b97f4a7c15ull) >> (64 - HINT_BITS);
+}
+
+static void hint_mark(struct engine *e, uint64_t size, uint64_t head)
+{
+	uint64_t b = hint_bit(size, head);
+
+	if (head)
+		atomic_fetch_or_explicit(&e->hint[b / 64], 1ull << (b % 64),
+					 memory_order_relaxed);
+}
+
+static int hint_mark_cb(const struct store_record *rec, void *arg)
+{
+	hint_mark(arg, rec->original_size, rec->head);
+	return 0;
+}
+
+/* May a completed or duplicate record have this size and head? */
+static int hint_has(struct engine *e, uint64_t size, uint64_t head)
+{
+	uint64_t b = hint_bit(size, head);
+
+	pthread_mutex_lock(&e->hint_lock);
+	if (!e->hint_filled) {
+		store_list(e->fs->st, STORE_COMPLETED, hint_mark_cb, e);
+		store_list(e->fs->st, STORE_DUPLICATE, hint_mark_cb, e);
+		e->hint_filled = 1;
+	}
+	pthread_mutex_unlock(&e->hint_lock);
+	return (atomic_load_explicit(&e->hint[b / 64], memory_order_relaxed) >> (b % 64)) & 1;
+}
+
+/* The head of the file @fd: never 0, or 0 when it cannot be read. */
+static uint64_t file_head(int fd)
+{
+	unsigned char *buf = malloc(HEAD_BYTES), d[32];
+	struct digest_sha256 sha;
+	uint64_t head = 0;
+
+	if (buf && pread(fd, buf, HEAD_BYTES, 0) == (ssize_t)HEAD_BYTES) {
+		digest_sha256_init(&sha);
+		digest_update(NULL, &sha, NULL, buf, HEAD_BYTES);
+		digest_sha256_final(&sha, d);
+		for (int i = 0; i < 8; i++)
+			head = head << 8 | d[i];
+		head += !head;
+	}
+	free(buf);
+	return head;
+}
+
+/*
+ * Is regular file @fd (@st), about to go up in parts, a duplicate?  Its
+ * sha256 is known only once every part is read, so a duplicate found then
+ * has been sent whole.  Where the hint has an earlier upload of its size
+ * and head (r->head), the file is read once ahead for its sha256 alone
+ * (about 0.5 s per GiB), and a duplicate sends no part.  Returns 1 with @r
+ * filled as find_duplicate does, or 0: upload it (read again, from the
+ * page cache).
+ */
+static int duplicate_ahead(struct engine *e, struct s3_client *c, struct unit *u, int fd,
+			   const struct stat *st, struct result *r)
+{
+	struct digest_sha256 sha;
+	unsigned char *buf;
+	char hex[65];
+	off_t off = 0;
+	ssize_t n = 1;
+
+	if (u->upload_again || !r->head || !hint_has(e, (uint64_t)st->st_size, r->head))
+		return 0;
+	buf = malloc(AHEAD_BUF);
+	if (!buf)
+		return 0;
+	digest_sha256_init(&sha);
+	while (off < st->st_size && n > 0 && !atomic_load(&u->cancel)) {
+		n = pread(fd, buf, AHEAD_BUF, off);
+		if (n > 0) {
+			digest_update(NULL, &sha, NULL, buf, (size_t)n);
+			off += n;
+		}
+	}
+	free(buf);
+	if (off != st->st_size || check_unchanged(u, fd, st))
+		return 0;	/* the upload's own reads and checks say what happened */
+	digest_sha256_hex(&sha, hex);
+	snprintf(r->checksum, sizeof(r->checksum), "sha256:%s", hex);
+	if (!find_duplicate(e, c, u->id, r->checksum, r)) {
+		r->checksum[0] = '\0';
+		return 0;
+	}
+	r->in = (uint64_t)st->st_size;
+	return 1;
 }
 
 /*
@@ -1477,6 +1591,10 @@ static int upload_unit(struct engine *e, struct s3_client *c, struct unit *u,
 	atomic_store(&u->total, total);
 	part_size = part_size_for(e->cfg, total);
 	big = total >= part_size;
+	if (big && S_ISREG(st.st_mode))
+		r->head = file_head(fd);
+	if (r->head && duplicate_ahead(e, c, u, fd, &st, r))
+		goto out;	/* rc 0, @r a duplicate: not one part sent */
 	cap = part_size;
 	held = (size_t)(e->cfg->parts_in_flight + 1) * part_size;
 	if (!big) {
@@ -1621,6 +1739,7 @@ static int done_fn(struct store_record *rec, void *arg)
 	snprintf(rec->etag, sizeof(rec->etag), "%s", r->etag);
 	rec->original_size = r->in;
 	rec->compressed_size = r->out;
+	rec->head = r->head;
 	snprintf(rec->checksum, sizeof(rec->checksum), "%s", r->checksum);
 	rec->error[0] = '\0';
 	rec->progress_done = rec->progress_total = 0;
@@ -1715,6 +1834,7 @@ static void finish_ok(struct engine *e, struct unit *u, const char *name, struct
 	char dest[NAME_MAX + 1], path[PATH_MAX], eb[128];
 	int rc = -EEXIST;
 
+	hint_mark(e, r->in, r->head);
 	for (unsigned i = 0; rc == -EEXIST && i < MAX_NAME_TRIES; i++) {
 		fs_numbered_name(name, i, dest, sizeof(dest));
 		snprintf(path, sizeof(path), "%s/%s", e->cfg->completed_dir, dest);
@@ -1898,6 +2018,7 @@ static int uploaded_before(struct engine *e, struct s3_client *c, const struct s
 	snprintf(r->checksum, sizeof(r->checksum), "%s", rec->checksum);
 	r->in = rec->original_size;
 	r->out = rec->compressed_size;
+	r->head = rec->head;
 	if (arc_format_parse(rec->compression_type, &r->fmt) || r->fmt == ARC_AUTO)
 		r->fmt = ARC_TAR_GZ;
 	r->status = rec->flags & STORE_F_DUPLICATE ? STORE_DUPLICATE : STORE_COMPLETED;
@@ -2422,14 +2543,17 @@ int engine_new(struct fs *fs, struct engine **out)
 	pthread_cond_init(&e->work_cond, NULL);
 	pthread_cond_init(&e->part_cond, NULL);
 	pthread_cond_init(&e->big_cond, NULL);
+	pthread_mutex_init(&e->hint_lock, NULL);
 	e->big_free = engine_multipart_slots(cfg);
 	e->nworkers = cfg->uploads * 4 > 32 ? 32 : cfg->uploads * 4;
 	rc = pool_init(&e->pool, cfg->part_size, e->big_free * (cfg->parts_in_flight + 1));
 	if (pool_init(&e->small, SMALL_BUF, e->nworkers))
 		rc = -ENOMEM;
-	if (rc) {
+	e->hint = calloc((1u << HINT_BITS) / 64, sizeof(*e->hint));
+	if (rc || !e->hint) {
 		pool_free(&e->pool);
 		pool_free(&e->small);
+		free(e->hint);
 		free(e);
 		return -ENOMEM;
 	}
@@ -2516,7 +2640,9 @@ void engine_free(struct engine *e)
 	pthread_cond_destroy(&e->work_cond);
 	pthread_cond_destroy(&e->part_cond);
 	pthread_cond_destroy(&e->big_cond);
+	pthread_mutex_destroy(&e->hint_lock);
 	pool_free(&e->pool);
 	pool_free(&e->small);
+	free(e->hint);
 	free(e);
 }

@@ -108,6 +108,7 @@ static const struct field fields[] = {
 	FIELD(generation, F_U64),
 	FIELD(flags, F_U32),
 	FIELD(upload_again, F_U32),
+	FIELD(head, F_U64),
 };
 
 #define N_FIELDS (sizeof(fields) / sizeof(fields[0]))

@@ -70,6 +70,9 @@ struct store_record {
 	uint32_t upload_again;		/* 1: moved back from completed/, uploaded even if
 					 * the bucket has the content (absent in older
 					 * records: 0) */
+	uint64_t head;			/* a file sent in parts: the first 8 bytes of the
+					 * sha256 of its first 64 KiB, for the duplicates
+					 * hint; 0 if not known (absent in older records) */
 };
 
 /* The local file is incomplete (a write into it failed): only writing it again requeues it. */

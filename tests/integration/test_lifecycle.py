@@ -504,3 +504,45 @@ def test_duplicate_content_is_not_uploaded_again(mount, tmp_path, size):
                   tmp_path / "x")
     stats = cli_json(m, "stats")
     assert stats["completed"] == 1 and stats["duplicate"] == 1, stats
+
+
+def test_duplicate_of_a_multipart_file_sends_no_part(fault_proxy, mount, tmp_path):
+    """A file that goes up in parts and whose content is in the bucket is
+    found a duplicate before any part is sent, in the mount that uploaded
+    the original and in the next one; a file of the same size and other
+    bytes is uploaded whole."""
+    m = mount(proxied(fault_proxy))
+    size = 3 << 20
+    data = data_of(size, 77)
+    write_file(m.pending("original.bin"), data)
+    m.wait_completed("original.bin")
+    key = m.key("original.bin")
+
+    for copy in ("copy.bin", "after-restart.bin"):
+        if copy == "after-restart.bin":
+            assert m.stop() == []
+            restart(m)
+        mark = fault_proxy.mark()
+        write_file(m.pending(copy), data)
+        assert wait_landed(m, copy) == "duplicate", getfattr(m.completed(copy))
+        sent = fault_proxy.log(mark)
+        assert sent.find("PUT") == [] and sent.find("POST") == [], sent.final()
+        fields = getfattr(m.completed(copy))
+        assert fields["user.mgmt.s3_object_key"] == key, fields
+        assert fields["user.mgmt.checksum"] == "sha256:" + sha256(data), fields
+        assert m.completed(copy).read_bytes() == data
+
+    # same size: other bytes from the start, and the same first MiB with another last byte
+    keys = [key]
+    for name, other in (("other.bin", data_of(size, 78)),
+                        ("last-byte.bin", data[:-1] + bytes([data[-1] ^ 1]))):
+        mark = fault_proxy.mark()
+        write_file(m.pending(name), other)
+        m.wait_completed(name)
+        assert sorted(fault_proxy.log(mark).part_numbers()) == [1, 2, 3, 4]
+        keys.append(m.key(name))
+        assert objects(m) == sorted(keys)
+        assert uploads_under(m) == []
+        check_archive(m.client.get_object(m.bucket, m.key(name)), name, other, MODE, MTIME,
+                      tmp_path / name)
+        assert getfattr(m.completed(name))["user.mgmt.checksum"] == "sha256:" + sha256(other)

@@ -114,6 +114,7 @@ static void rec_fill(struct store_record *r)
 	r->generation = 9;
 	r->flags = STORE_F_WRITE_FAILED;
 	r->upload_again = 1;
+	r->head = 0xfedcba9876543210ULL;
 }
 
 static uint64_t put_new(struct store *st, const char *orig, enum store_status status)
@@ -187,6 +188,7 @@ static void test_roundtrip_all_fields(void **state)
 	assert_int_equal(out->generation, 9);
 	assert_int_equal(out->flags, STORE_F_WRITE_FAILED);
 	assert_int_equal(out->upload_again, 1);
+	assert_true(out->head == 0xfedcba9876543210ULL);
 	assert_memory_equal(out, in, sizeof(*in));	/* nothing else differs */
 
 	/* negative timestamps survive too */
@@ -615,12 +617,13 @@ static void test_reopen_keeps_records(void **state)
 	free(out);
 }
 
-/* A record written before a field existed (its key absent) reads that field as 0. */
-static void test_old_record_without_upload_again(void **state)
+/* A record written before fields existed (their keys absent) reads them as 0. */
+static void test_old_record_without_newer_fields(void **state)
 {
 	struct fixture *f = *state;
 	struct store_record *in = malloc(sizeof(*in));
 	struct store_record *out = malloc(sizeof(*out));
+	static const char *const newer[] = { "upload_again", "head" };
 	char key[64];
 	MDB_env *env = NULL;
 	MDB_txn *txn = NULL;
@@ -631,16 +634,18 @@ static void test_old_record_without_upload_again(void **state)
 	assert_int_equal(store_put(f->st, in), 0);
 	store_close(f->st);
 	f->st = NULL;
-	/* remove the field's key, as an older version never wrote it */
-	snprintf(key, sizeof(key), "r/%016" PRIx64 "/upload_again", in->id);
-	k.mv_data = key;
-	k.mv_size = strlen(key);
+	/* remove the fields' keys, as an older version never wrote them */
 	assert_int_equal(mdb_env_create(&env), 0);
 	assert_int_equal(mdb_env_set_mapsize(env, STORE_INITIAL_MAPSIZE), 0);
 	assert_int_equal(mdb_env_open(env, f->dir, 0, 0600), 0);
 	assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
 	assert_int_equal(mdb_dbi_open(txn, NULL, 0, &dbi), 0);
-	assert_int_equal(mdb_del(txn, dbi, &k, NULL), 0);
+	for (size_t i = 0; i < sizeof(newer) / sizeof(newer[0]); i++) {
+		snprintf(key, sizeof(key), "r/%016" PRIx64 "/%s", in->id, newer[i]);
+		k.mv_data = key;
+		k.mv_size = strlen(key);
+		assert_int_equal(mdb_del(txn, dbi, &k, NULL), 0);
+	}
 	assert_int_equal(mdb_txn_commit(txn), 0);
 	mdb_env_close(env);
 
@@ -648,7 +653,9 @@ static void test_old_record_without_upload_again(void **state)
 	memset(out, 0xa5, sizeof(*out));
 	assert_int_equal(store_get(f->st, in->id, out), 0);
 	assert_int_equal(out->upload_again, 0);
+	assert_true(out->head == 0);
 	in->upload_again = 0;
+	in->head = 0;
 	assert_memory_equal(out, in, sizeof(*in));	/* every other field as written */
 	free(in);
 	free(out);
@@ -1099,7 +1106,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_meta, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_gone_uploads, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_reopen_keeps_records, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_old_record_without_upload_again, setup,
+		cmocka_unit_test_setup_teardown(test_old_record_without_newer_fields, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_readonly_sees_live_writer, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_readonly_missing_is_enoent, setup_dir, teardown),
