@@ -367,9 +367,10 @@ class KeptMgmtfs:
     rows, and as a user mounts once and copies many files.  Its first run
     pays what the first upload of a mount pays (the first touch of the part
     pool); the fresh-mount row shows that cost on every run.  Each run
-    copies the file under a new name; the object and the local copy are
-    removed after it (untimed), so that the next run's bytes are uploaded
-    again, not found to be a duplicate of the last run's."""
+    copies a copy of the file whose first bytes say the run, under a new
+    name: new content, as each file a user copies is, not a duplicate of
+    the last run's (which a mount finds before sending a part).  The object,
+    the local copy and the run's copy are removed after it (untimed)."""
 
     def __init__(self, prefix, **kw):
         self.prefix, self.kw, self.m = prefix, kw, None
@@ -379,9 +380,16 @@ class KeptMgmtfs:
             self.m = Mgmtfs(self.prefix, **self.kw).__enter__()
         global LIVE_CPU
         name = f"r{r}-{os.path.basename(src)}"
-        c0 = proc_stat(self.m.proc.pid)[1]
-        dt = cp_until_completed(self.m, src, name)
-        LIVE_CPU += proc_stat(self.m.proc.pid)[1] - c0
+        copy = os.path.join(W, name)
+        shutil.copyfile(src, copy)
+        with open(copy, "r+b") as f:
+            f.write(f"run {r} ".encode())
+        try:
+            c0 = proc_stat(self.m.proc.pid)[1]
+            dt = cp_until_completed(self.m, copy, name)
+            LIVE_CPU += proc_stat(self.m.proc.pid)[1] - c0
+        finally:
+            os.unlink(copy)
         expect_objects(self.prefix, 1)
         s3rm(self.prefix)
         os.unlink(os.path.join(self.m.mnt, "completed", name))
