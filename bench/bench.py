@@ -376,9 +376,9 @@ class KeptMgmtfs:
         self.prefix, self.kw, self.m = prefix, kw, None
 
     def put_file(self, src, r):
+        global LIVE_CPU
         if self.m is None:
             self.m = Mgmtfs(self.prefix, **self.kw).__enter__()
-        global LIVE_CPU
         name = f"r{r}-{os.path.basename(src)}"
         copy = os.path.join(W, name)
         shutil.copyfile(src, copy)

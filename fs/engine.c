@@ -72,7 +72,7 @@
 #define PUT_SLACK (64u << 10)	/* tar headers, padding and gzip's worst case */
 #define HINT_BITS 23		/* the duplicates hint: 2^23 bits, 1 MiB, touched where set */
 #define HEAD_BYTES (64u << 10)	/* what file_head hashes */
-#define AHEAD_BUF (1u << 20)	/* duplicate_ahead's reads */
+#define AHEAD_BUF (1u << 20)	/* unit_sha256's reads */
 
 enum unit_state {
 	U_WAITING,
@@ -1100,40 +1100,49 @@ static uint64_t file_head(int fd)
 }
 
 /*
- * Is regular file @fd (@st), about to go up in parts, a duplicate?  Its
- * sha256 is known only once every part is read, so a duplicate found then
- * has been sent whole.  Where the hint has an earlier upload of its size
- * and head (r->head), the file is read once ahead for its sha256 alone
- * (about 0.5 s per GiB), and a duplicate sends no part.  Returns 1 with @r
- * filled as find_duplicate does, or 0: upload it (read again, from the
- * page cache).
+ * The sha256 (hex) of pending/@name, open on @fd (@st), as its upload hashes
+ * it: a file's bytes, a directory's tar stream.  Reads it whole, unless
+ * *@cancel (may be NULL) rises.  Returns 0 or -errno.
  */
-static int duplicate_ahead(struct engine *e, struct s3_client *c, struct unit *u, int fd,
-			   const struct stat *st, struct result *r)
+static int unit_sha256(int fd, const char *name, const struct stat *st, const atomic_int *cancel,
+		       char hex[65])
 {
-	struct digest_sha256 sha;
-	unsigned char *buf;
+	struct arc_opts opts = { .format = ARC_TAR };
+	struct arc_stream *as = NULL;
+	unsigned char *buf = malloc(AHEAD_BUF);
+	ssize_t n = -ENOMEM;
+
+	if (buf)
+		n = S_ISDIR(st->st_mode) ? arc_stream_open_dir(&opts, fd, name, &as)
+					 : arc_stream_open_file(&opts, fd, name, st, &as);
+	while (n >= 0 && (n = arc_stream_read(as, buf, AHEAD_BUF)) > 0)
+		if (cancel && atomic_load(cancel))
+			n = -ECANCELED;
+	if (n == 0 && arc_stream_sha256(as, hex))
+		n = -EIO;
+	arc_stream_free(as);
+	free(buf);
+	return (int)n;
+}
+
+/*
+ * Is regular file pending/@name, open on @fd (@st), about to go up in
+ * parts, a duplicate?  Its sha256 is known only once every part is read, so
+ * a duplicate found then has been sent whole.  Where the hint has an
+ * earlier upload of its size and head (r->head), the file is read once
+ * ahead for its sha256 alone (about 0.5 s per GiB), and a duplicate sends
+ * no part.  Returns 1 with @r filled as find_duplicate does, or 0: upload
+ * it (read again, from the page cache).
+ */
+static int duplicate_ahead(struct engine *e, struct s3_client *c, struct unit *u,
+			   const char *name, int fd, const struct stat *st, struct result *r)
+{
 	char hex[65];
-	off_t off = 0;
-	ssize_t n = 1;
 
 	if (u->upload_again || !r->head || !hint_has(e, (uint64_t)st->st_size, r->head))
 		return 0;
-	buf = malloc(AHEAD_BUF);
-	if (!buf)
-		return 0;
-	digest_sha256_init(&sha);
-	while (off < st->st_size && n > 0 && !atomic_load(&u->cancel)) {
-		n = pread(fd, buf, AHEAD_BUF, off);
-		if (n > 0) {
-			digest_update(NULL, &sha, NULL, buf, (size_t)n);
-			off += n;
-		}
-	}
-	free(buf);
-	if (off != st->st_size || check_unchanged(u, fd, st))
+	if (unit_sha256(fd, name, st, &u->cancel, hex) || check_unchanged(u, fd, st))
 		return 0;	/* the upload's own reads and checks say what happened */
-	digest_sha256_hex(&sha, hex);
 	snprintf(r->checksum, sizeof(r->checksum), "sha256:%s", hex);
 	if (!find_duplicate(e, c, u->id, r->checksum, r)) {
 		r->checksum[0] = '\0';
@@ -1593,7 +1602,7 @@ static int upload_unit(struct engine *e, struct s3_client *c, struct unit *u,
 	big = total >= part_size;
 	if (big && S_ISREG(st.st_mode))
 		r->head = file_head(fd);
-	if (r->head && duplicate_ahead(e, c, u, fd, &st, r))
+	if (duplicate_ahead(e, c, u, name, fd, &st, r))
 		goto out;	/* rc 0, @r a duplicate: not one part sent */
 	cap = part_size;
 	held = (size_t)(e->cfg->parts_in_flight + 1) * part_size;
@@ -1929,35 +1938,19 @@ static int tree_cb(const char *path, const struct stat *st, int flag, struct FTW
 	return tree.changed;
 }
 
-/*
- * Does pending/@name at @path hash to @want ("sha256:HEX"), as its upload
- * hashed it: a file's bytes, a directory's tar stream?  Reads it whole.
- */
+/* Does pending/@name at @path hash to @want ("sha256:HEX")?  Reads it whole. */
 static int unit_has_checksum(const char *path, const char *name, const char *want)
 {
-	struct arc_opts opts = { .format = ARC_TAR };
-	struct arc_stream *as = NULL;
-	unsigned char *buf = malloc(1 << 20);
 	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-	char hex[65] = "";
+	char hex[65];
 	struct stat st;
-	ssize_t n = -1;
+	int ok;
 
-	if (buf && fd >= 0 && fstat(fd, &st) == 0) {
-		if (S_ISDIR(st.st_mode))
-			n = arc_stream_open_dir(&opts, fd, name, &as);
-		else
-			n = arc_stream_open_file(&opts, fd, name, &st, &as);
-	}
-	while (as && n >= 0 && (n = arc_stream_read(as, buf, 1 << 20)) > 0)
-		;
-	if (as && n == 0 && arc_stream_sha256(as, hex))
-		n = -1;
-	arc_stream_free(as);
+	ok = fd >= 0 && fstat(fd, &st) == 0 && unit_sha256(fd, name, &st, NULL, hex) == 0 &&
+	     !strncmp(want, "sha256:", 7) && !strcmp(want + 7, hex);
 	if (fd >= 0)
 		close(fd);
-	free(buf);
-	return n == 0 && !strncmp(want, "sha256:", 7) && !strcmp(want + 7, hex);
+	return ok;
 }
 
 /*
