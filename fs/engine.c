@@ -474,7 +474,7 @@ void engine_unit_write_failed(struct engine *e, const char *name, int err)
 			ready_remove(e, u);
 			unit_remove(e, u);
 		} else if (u && u->state == U_RUNNING) {
-			atomic_store(&u->cancel, 1);
+			atomic_fetch_or(&u->cancel, S3_CANCEL);
 			u->again = 0;
 		}
 	}
@@ -650,7 +650,7 @@ void engine_unit_touched(struct engine *e, const char *name, int gone)
 	pthread_mutex_lock(&e->lock);
 	u = unit_find(e, name);
 	if (u && u->state == U_RUNNING) {
-		atomic_store(&u->cancel, 1);
+		atomic_fetch_or(&u->cancel, S3_CANCEL);
 		if (gone) {
 			u->gone = 1;
 			u->again = 0;
@@ -941,6 +941,8 @@ struct result {
 	char error[S3_ERROR_MAX + 256];
 	int resumable;		/* keep the multipart upload for a later resume */
 	int unsure;		/* the complete may have gone through: keep the upload id */
+	int made;		/* this try made the object at @key (not found it there) */
+	int interrupted;	/* the try before was cut short by a crash */
 };
 
 /* Read from the stream until @buf is full or the stream ends. */
@@ -1153,6 +1155,31 @@ static int duplicate_ahead(struct engine *e, struct s3_client *c, struct unit *u
 }
 
 /*
+ * A try cut short by a crash may have stored this very content by one PUT
+ * (its answer, or the record of it, lost): its PUT now meets that object
+ * (412, our MD5 and size) and takes it, where a duplicate found first
+ * would leave it in the bucket, named by nothing.  1 if it is there.
+ */
+static int stored_before(struct engine *e, struct s3_client *c, const char *name,
+			 const struct result *r, size_t len, const unsigned char md5[16])
+{
+	struct s3_object_info info;
+	char key[STORE_KEY_MAX], hex[33];
+
+	if (!r->interrupted)
+		return 0;
+	digest_hex(md5, 16, hex);
+	for (unsigned i = 0; i < MAX_NAME_TRIES; i++) {
+		object_key(e, name, i, r->fmt, key, sizeof(key));
+		if (s3_head_object(c, key, &info))
+			return 0;	/* a free key (or none to tell): the try stored nothing past it */
+		if (info.size == len && !strcasecmp(info.etag, hex))
+			return 1;
+	}
+	return 0;
+}
+
+/*
  * One PUT of @buf, whose MD5 and sha256 (hex) the reader made as it filled
  * it.  The server checks both (Content-MD5, the signed payload hash) and the
  * PUT's answer is checked in turn: its ETag must be that MD5 (check_etag in
@@ -1174,6 +1201,7 @@ static int upload_single(struct engine *e, struct s3_client *c, struct unit *u, 
 				   u->upload_again ? S3_PUT_NEW_COPY : S3_PUT_NEW, meta, nmeta,
 				   r->etag);
 	}
+	r->made = rc == 0 && s3_client_put_stored(c);
 	s3_client_set_cancel(c, NULL);
 	return rc;
 }
@@ -1454,6 +1482,7 @@ static int upload_multi(struct engine *e, struct s3_client *c, struct unit *u,
 		if (rc == 0 && info.size == total && !strcmp(info.etag, want)) {
 			mgmtfs_info("'pending/%s' was uploaded completely before the restart", name);
 			snprintf(r->etag, sizeof(r->etag), "%s", info.etag);
+			r->made = 1;	/* the ETag of our parts */
 			tag_checksum(c, as, r->key);
 			goto out;
 		}
@@ -1479,9 +1508,13 @@ static int upload_multi(struct engine *e, struct s3_client *c, struct unit *u,
 	 * No answer that says it failed (lost, 5xx): the server may have made
 	 * the object.  The upload id stays in the record, so a retry looks
 	 * (the dry run above) instead of sending it all again as NAME_1.
+	 * Completed, the object is there even if the unit changed meanwhile:
+	 * its HEAD goes out regardless, for the caller to know what it made.
 	 */
-	if (!rc)
+	if (!rc) {
+		s3_client_set_cancel(c, NULL);
 		rc = s3_head_object(c, r->key, &info);
+	}
 	/* (or it went through and the HEAD that would check the object failed) */
 	r->unsure = rc && rc != -ECANCELED &&
 		    (s3_client_http_status(c) == 0 || s3_client_http_status(c) >= 500);
@@ -1499,6 +1532,7 @@ static int upload_multi(struct engine *e, struct s3_client *c, struct unit *u,
 		goto out;
 	}
 	snprintf(r->etag, sizeof(r->etag), "%s", info.etag);
+	r->made = 1;
 	r->resumable = 0;
 	r->upload_id[0] = '\0';
 	tag_checksum(c, as, r->key);
@@ -1602,7 +1636,8 @@ static int upload_unit(struct engine *e, struct s3_client *c, struct unit *u,
 	big = total >= part_size;
 	if (big && S_ISREG(st.st_mode))
 		r->head = file_head(fd);
-	if (duplicate_ahead(e, c, u, name, fd, &st, r))
+	/* (a multipart upload to resume comes first: it may be complete) */
+	if (!rec->upload_id[0] && duplicate_ahead(e, c, u, name, fd, &st, r))
 		goto out;	/* rc 0, @r a duplicate: not one part sent */
 	cap = part_size;
 	held = (size_t)(e->cfg->parts_in_flight + 1) * part_size;
@@ -1657,9 +1692,10 @@ static int upload_unit(struct engine *e, struct s3_client *c, struct unit *u,
 		rc = check_unchanged(u, fd, &st);
 		if (rc)
 			goto out;
-		if (!u->upload_again && find_duplicate(e, c, u->id, r->checksum, r))
-			goto out;
 		digest_lanes_take_cur(&ph.lanes, (size_t)n, md5);
+		if (!u->upload_again && !stored_before(e, c, name, r, (size_t)n, md5) &&
+		    find_duplicate(e, c, u->id, r->checksum, r))
+			goto out;
 		rc = upload_single(e, c, u, name, buf, (size_t)n, md5, psha, meta, nmeta, r);
 		if (rc && !r->error[0])
 			snprintf(r->error, sizeof(r->error), "%s", s3_client_error(c));
@@ -1708,6 +1744,7 @@ out:
 struct start_arg {
 	uint64_t generation;
 	int ok;
+	int interrupted;	/* it was uploading: the daemon died during that try */
 };
 
 static int start_fn(struct store_record *rec, void *arg)
@@ -1720,6 +1757,7 @@ static int start_fn(struct store_record *rec, void *arg)
 		return 1;	/* an incomplete file is never uploaded */
 	s->ok = 1;
 	s->generation = rec->generation;
+	s->interrupted = rec->status == STORE_UPLOADING;
 	rec->status = STORE_UPLOADING;
 	rec->started_at = fs_now();
 	rec->attempts++;
@@ -1835,6 +1873,24 @@ static int engine_stopping(struct engine *e)
 	stopping = e->stopping;
 	pthread_mutex_unlock(&e->lock);
 	return stopping;
+}
+
+/*
+ * The object this try made holds content the unit no longer has, and no
+ * record is to name it: it is deleted, so that the bucket keeps no stale
+ * copy under the file's name (which a rebuild would take for the file), and
+ * the new content gets the name's own key.  An object found there (another
+ * unit's that this one duplicates, the same bytes met by a 412) is left.
+ */
+static void drop_superseded(struct s3_client *c, const char *name, struct result *r)
+{
+	if (r->status != STORE_COMPLETED || !r->made)
+		return;
+	if (s3_delete_object(c, r->key))
+		mgmtfs_warn("cannot delete '%s', which holds content 'pending/%s' no longer has: "
+			    "%s",
+			    r->key, name, s3_client_error(c));
+	r->made = 0;
 }
 
 /* Record the upload, then move the file (the record first: a crash between is repaired). */
@@ -2043,6 +2099,7 @@ static void run_unit(struct engine *e, struct s3_client *c, struct unit *u)
 	if (rc || !sa.ok || store_get(e->fs->st, u->id, rec))
 		goto out;
 	r->status = STORE_COMPLETED;
+	r->interrupted = sa.interrupted;
 	if (uploaded_before(e, c, rec, name, r)) {
 		finish_ok(e, u, name, r);
 		goto out;
@@ -2060,6 +2117,7 @@ static void run_unit(struct engine *e, struct s3_client *c, struct unit *u)
 		mgmtfs_info("'pending/%s' changed while its upload finished: uploading it again",
 			    name);
 		r->upload_id[0] = '\0';	/* completed: nothing to abort */
+		drop_superseded(c, name, r);
 		requeue(e, c, u, r);
 		goto out;
 	}
@@ -2595,7 +2653,7 @@ void engine_stop(struct engine *e)
 	e->stopping = 1;
 	for (u = e->units; u; u = u->next)
 		if (u->state == U_RUNNING)
-			atomic_store(&u->cancel, 1);
+			atomic_fetch_or(&u->cancel, S3_CANCEL_NOW);
 	pthread_cond_broadcast(&e->sched_cond);
 	pthread_cond_broadcast(&e->work_cond);
 	pthread_mutex_unlock(&e->lock);

@@ -90,6 +90,7 @@ struct s3_client {
 	long http_status;
 	int attempts;		/* requests the last call sent (s3_client_sent_twice) */
 	int performed;		/* a request went out before: a connection may be kept */
+	int stored;		/* the last s3_put_object's own request stored it */
 	char err[S3_ERROR_MAX]; /* what s3_client_error() shows */
 	char err_what[S3_ERROR_MAX]; /* what failed, for the current call */
 	char err_hint[256]; /* what to do about it, may be "" */
@@ -118,6 +119,7 @@ struct s3_req {
 		     struct s3_verdict *v);
 	void *check_arg;
 	int want_meta; /* keep the x-amz-meta-* headers of the answer (HEAD) */
+	int cut_any_time; /* a cancel may cut it at any point (a part: nothing of it lasts) */
 };
 
 /* What came back, for the current attempt (and a few fields across attempts). */
@@ -420,12 +422,31 @@ static void resp_forget(struct s3_resp *rs)
 	rs->meta.len = 0;
 }
 
+/*
+ * S3_CANCEL cuts a part short at any point (the upload it belongs to is
+ * aborted), any other PUT only while its body is still going out: the
+ * server keeps nothing of a body it did not get whole.  Once all is sent
+ * (or there is no body to send) the server may have acted, so its answer is
+ * waited for and the caller learns what it did: the upload id of a
+ * CreateMultipartUpload (else an upload nobody knows of is left on the
+ * server), a PUT stored, a complete done.  S3_CANCEL_NOW cuts all.
+ */
+static int cut_short(const struct s3_attempt *at, curl_off_t sent)
+{
+	int v = at->c->cancel ? atomic_load(at->c->cancel) : 0;
+
+	if (!v)
+		return 0;
+	return (v & S3_CANCEL_NOW) || at->rq->cut_any_time ||
+	       (strcmp(at->rq->method, "PUT") == 0 && (uint64_t)sent < at->rq->len);
+}
+
 static size_t on_read(char *buf, size_t size, size_t nitems, void *arg)
 {
 	struct s3_attempt *at = arg;
 	size_t room = size * nitems, left = at->rq->len - at->off;
 
-	if (cancelled(at->c))
+	if (cut_short(at, (curl_off_t)at->off))
 		return CURL_READFUNC_ABORT;
 	if (room > left)
 		room = left;
@@ -452,7 +473,7 @@ static int on_xfer(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off_t u
 	struct s3_attempt *at = arg;
 	struct s3_client *c = at->c;
 
-	if (cancelled(c))
+	if (cut_short(at, ulnow))
 		return 1; /* CURLE_ABORTED_BY_CALLBACK */
 	if (c->progress_cb && at->rq->len && ulnow != at->last_progress) {
 		at->last_progress = ulnow;
@@ -1444,6 +1465,11 @@ long s3_client_http_status(const struct s3_client *c)
 	return c->http_status;
 }
 
+int s3_client_put_stored(const struct s3_client *c)
+{
+	return c->stored;
+}
+
 int s3_client_sent_twice(const struct s3_client *c)
 {
 	return c->attempts > 1;
@@ -1629,6 +1655,7 @@ int s3_put_object(struct s3_client *c, const char *key, const void *body, size_t
 	struct s3_op op;
 	int rc;
 
+	c->stored = 0;
 	rc = op_start(c, &op, "PUT", key);
 	if (rc)
 		return rc;
@@ -1638,6 +1665,7 @@ int s3_put_object(struct s3_client *c, const char *key, const void *body, size_t
 		rc = op_object_headers(c, &op, if_none_match, meta, nmeta);
 	if (!rc)
 		rc = op_run(c, &op);
+	c->stored = rc == 0;
 
 	if (rc == -EEXIST && if_none_match)
 		rc = put_taken(c, &op.rq, meta, nmeta, if_none_match == S3_PUT_NEW_COPY,
@@ -1702,6 +1730,7 @@ int s3_mpu_put_part(struct s3_client *c, const char *key, const char *upload_id,
 	snprintf(pn, sizeof(pn), "%" PRIu32, partno);
 	op_query(&op, "partNumber", pn);
 	op.rq.check = check_etag;
+	op.rq.cut_any_time = 1;
 	rc = op_body(c, &op, body, len, md5, data_hash(c, sha256_hex));
 	if (!rc)
 		rc = op_run(c, &op);
@@ -1852,20 +1881,34 @@ int s3_mpu_complete(struct s3_client *c, const char *key, const char *upload_id,
 	return op_done(&op, rc, etag_out);
 }
 
+/* Run a DELETE: 0 also when the thing is gone already, which is what was wanted. */
+static int run_delete(struct s3_client *c, struct s3_op *op)
+{
+	int rc = op_run(c, op);
+
+	if (rc == -ENOENT) {
+		c->err[0] = '\0';
+		rc = 0;
+	}
+	return op_done(op, rc, NULL);
+}
+
 int s3_mpu_abort(struct s3_client *c, const char *key, const char *upload_id)
 {
 	struct s3_op op;
 	int rc;
 
 	rc = op_start_upload(c, &op, "DELETE", key, upload_id);
-	if (rc)
-		return rc;
-	rc = op_run(c, &op);
-	if (rc == -ENOENT) { /* already gone: that is what we wanted */
-		c->err[0] = '\0';
-		rc = 0;
-	}
-	return op_done(&op, rc, NULL);
+	return rc ? rc : run_delete(c, &op);
+}
+
+int s3_delete_object(struct s3_client *c, const char *key)
+{
+	struct s3_op op;
+	int rc;
+
+	rc = op_start(c, &op, "DELETE", key);
+	return rc ? rc : run_delete(c, &op);
 }
 
 static int is_true(const char *start, const char *end, const char *tag)

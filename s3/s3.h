@@ -109,15 +109,27 @@ long s3_client_http_status(const struct s3_client *c);
  * once: it was retried, or libcurl sent it again on a new connection.
  */
 int s3_client_sent_twice(const struct s3_client *c);
+/*
+ * 1 when the last s3_put_object stored the object by its own request (a
+ * 2xx), 0 when it failed or found the object there already (a 412 whose
+ * HEAD showed our bytes: perhaps an earlier copy, not ours to delete).
+ */
+int s3_client_put_stored(const struct s3_client *c);
 /* Is object data's sha256 signed (not unsigned_payload)?  If not, callers need not make it. */
 int s3_client_signs_data(const struct s3_client *c);
 
 /*
- * Cancellation: while *@flag is non-zero, a transfer in progress is cut and
- * the call returns -ECANCELED (backoff sleeps end at once too).  A 2xx
+ * Cancellation: while *@flag is non-zero, a call returns -ECANCELED (backoff
+ * sleeps end at once too).  With S3_CANCEL set a part in flight is cut at
+ * once, any other request only while its body is still going out: once the
+ * server may have acted, its answer is awaited, so that the caller learns
+ * what it did (an upload id, an object stored).  S3_CANCEL_NOW cuts whatever
+ * is in flight (unmounting: what the server did is found out later).  A 2xx
  * received whole before the cut still counts: the server acted, the call
  * succeeds.  The flag is borrowed; NULL removes it.
  */
+#define S3_CANCEL     1
+#define S3_CANCEL_NOW 2
 void s3_client_set_cancel(struct s3_client *c, const atomic_int *flag);
 
 /* Progress: @cb(@arg, bytes of the current body sent so far), from the calling thread. */
@@ -197,6 +209,12 @@ int s3_mpu_complete(struct s3_client *c, const char *key, const char *upload_id,
 
 /* Abort; 0 also when the upload is already gone (404 NoSuchUpload). */
 int s3_mpu_abort(struct s3_client *c, const char *key, const char *upload_id);
+
+/*
+ * DELETE the object @key (only ever one this client made and nothing names):
+ * 0, also when it is not there.
+ */
+int s3_delete_object(struct s3_client *c, const char *key);
 
 /* Parts the server has for an upload, in part order; *parts_out malloc'ed, caller frees. */
 int s3_mpu_list_parts(struct s3_client *c, const char *key, const char *upload_id,

@@ -497,6 +497,45 @@ def test_directory_over_a_part_takes_a_multipart_share(fault_proxy, mount, tmp_p
     assert uploads_under(m) == []
 
 
+# answer held -> (file size, --match of its request line, target regex in the log)
+HELD_ANSWERS = {
+    "create": (MULTI_SIZE, r"^POST [^ ]*\?uploads=? ", CREATE),
+    "complete": (MULTI_SIZE, r"^POST [^ ?]+\?uploadId=[^& ]+ ", COMPLETE),
+    "put": (SMALL, None, None),
+}
+
+
+@pytest.mark.parametrize("answer", sorted(HELD_ANSWERS))
+def test_write_while_the_server_answers(fault_proxy, mount, tmp_path, answer):
+    """The file is written again after the server acted on a request of its
+    upload (CreateMultipartUpload, CompleteMultipartUpload, the one PUT) but
+    before its answer came.  The answer is still read, so the daemon knows
+    what the server did and undoes it: the new multipart upload is aborted,
+    the object made of the old content is deleted.  The new content then goes
+    up under the name's own key, and nothing else is left on the server."""
+    size, line, target = HELD_ANSWERS[answer]
+    name = f"again-{answer}.bin"
+    m = mount(proxied(fault_proxy))
+    if answer == "put":
+        line, target = single_put_line(m, name), single_put(m, name)
+    fault_proxy.set_rules([{"fault": "hold-response:2", "match": line, "first": 1}])
+    write_file(m.pending(name), data_of(size, 31))
+    fault_proxy.wait_for(f"the answer of the {answer} held", lambda lg: lg.held(None, target))
+
+    final = data_of(SMALL + 777, 32)  # one PUT: nothing of the first try is met again
+    write_file(m.pending(name), final)
+    m.wait_completed(name)
+    lg = fault_proxy.log()
+    held = [e for e in lg.final() if e[2].startswith("hold-response")]
+    assert [e[5] for e in held] == ["200"], f"the held answer was not read: {held}"
+    if answer == "create":
+        assert lg.find("DELETE", r"\?uploadId=", 204), "the upload made first was not aborted"
+    else:
+        key = "^" + re.escape(f"/{m.bucket}/{m.key(name)}") + "$"
+        assert lg.find("DELETE", key, 204), "the object of the old content was not deleted"
+    assert_uploaded_once(m, name, final, tmp_path / "check")
+
+
 def upload_held_at_part_2(fault_proxy, mount, name, seed):
     """Mount, drop pending/@name (multipart) and hold its part 2 on the wire."""
     m = mount(proxied(fault_proxy))

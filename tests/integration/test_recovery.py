@@ -531,3 +531,34 @@ def test_unmoved_directory_changed_in_the_upload_second_is_uploaded_again(mount)
     check_album_uploaded_again(unmoved_album_of_one_second(mount, change=True))
 
 
+
+
+def test_put_stored_before_kill9_is_kept_over_a_duplicate(fault_proxy, mount, tmp_path):
+    """The server stored a.bin's one PUT, the daemon died before its answer;
+    meanwhile b.bin, the same content, went up and was recorded.  After the
+    restart a.bin's own object is taken as its upload (a 412 on our MD5), not
+    left in the bucket, named by nothing, while a.bin is called a duplicate of
+    b.bin."""
+    m = mount(proxied(fault_proxy, stall_seconds=HOLD))
+    data = data_of(200 << 10, 41)
+    put_a = "^PUT " + re.escape(f"/{m.bucket}/{m.key('a.bin')}") + " "
+    fault_proxy.set_rules([{"fault": f"hold-response:{HOLD}", "match": put_a, "first": 1}])
+    write_file(m.pending("a.bin"), data)
+    fault_proxy.wait_for("the answer of a.bin's PUT held",
+                         lambda lg: lg.held("PUT", re.escape(m.key("a.bin")) + "$"))
+    write_file(m.pending("b.bin"), data)
+    m.wait_completed("b.bin")
+    crash(m)
+    fault_proxy.set_rules([])
+    restart(m)
+    m.wait_completed("a.bin")
+
+    assert get_status(m.completed("a.bin")) == "completed", earlier_logs(m)
+    assert get_xattr(m.completed("a.bin"), "user.mgmt.s3_object_key") == m.key("a.bin")
+    assert sorted(m.client.list_objects(m.bucket, m.prefix + "/")) == \
+        sorted([m.key("a.bin"), m.key("b.bin")])
+    for name in ("a.bin", "b.bin"):
+        check_archive(m.client.get_object(m.bucket, m.key(name)), name, data, MODE, MTIME,
+                      tmp_path / name)
+    puts = fault_proxy.log().find("PUT", re.escape(m.key("a.bin")) + "$")
+    assert [e[5] for e in puts] == ["200+GONE", "412"], puts

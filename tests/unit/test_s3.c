@@ -32,7 +32,9 @@ struct mresp {
 	const char *hdrs; /* "Name: value\n" lines */
 	const char *body;
 	int etag_md5; /* add ETag: "<md5 of the uploaded body>" */
-	int raise_cancel; /* set the cancel flag during this call */
+	/* raise the cancel flag during this call: 1 S3_CANCEL, 2 the same with half the body
+	 * sent, 3 S3_CANCEL_NOW */
+	int raise_cancel;
 };
 
 static struct {
@@ -45,6 +47,8 @@ static struct {
 	void *header_data;
 	curl_read_callback read_fn;
 	void *read_data;
+	curl_xferinfo_callback xfer_fn;
+	void *xfer_data;
 	const void *postfields;
 	long postsize;
 	long nobody;
@@ -102,6 +106,12 @@ CURLcode __wrap_curl_easy_setopt(CURL *h, CURLoption opt, ...)
 	case CURLOPT_READDATA:
 		mk.read_data = p;
 		break;
+	case CURLOPT_XFERINFOFUNCTION:
+		mk.xfer_fn = (curl_xferinfo_callback)p;
+		break;
+	case CURLOPT_XFERINFODATA:
+		mk.xfer_data = p;
+		break;
 	case CURLOPT_POSTFIELDS:
 		mk.postfields = p;
 		break;
@@ -133,7 +143,8 @@ void __wrap_curl_easy_reset(CURL *h)
 {
 	mk.write_fn = mk.header_fn = NULL;
 	mk.read_fn = NULL;
-	mk.write_data = mk.header_data = mk.read_data = NULL;
+	mk.xfer_fn = NULL;
+	mk.write_data = mk.header_data = mk.read_data = mk.xfer_data = NULL;
 	mk.postfields = NULL;
 	mk.postsize = 0;
 	mk.nobody = 0;
@@ -175,8 +186,18 @@ CURLcode __wrap_curl_easy_perform(CURL *h)
 	}
 	memcpy(mk.sent_body[i], body, blen < 4095 ? blen : 4095);
 	mk.sent_body[i][blen < 4095 ? blen : 4095] = '\0';
+	if (r->raise_cancel == 2 && mk.cancel) {
+		atomic_store(mk.cancel, S3_CANCEL);
+		/* libcurl's progress call with half of it out */
+		if (mk.xfer_fn &&
+		    mk.xfer_fn(mk.xfer_data, 0, 0, (curl_off_t)blen, (curl_off_t)blen / 2))
+			return CURLE_ABORTED_BY_CALLBACK;
+	}
 	if (r->raise_cancel && mk.cancel)
-		atomic_store(mk.cancel, 1);
+		atomic_store(mk.cancel, r->raise_cancel == 3 ? S3_CANCEL_NOW : S3_CANCEL);
+	/* and one once all is sent, as the answer is awaited */
+	if (mk.xfer_fn && mk.xfer_fn(mk.xfer_data, 0, 0, (curl_off_t)blen, (curl_off_t)blen))
+		return CURLE_ABORTED_BY_CALLBACK;
 	if (!r->status)
 		return r->cc;
 
@@ -963,6 +984,105 @@ static void test_cancel_after_2xx(void **state)
 	s3_client_set_cancel(c, NULL);
 }
 
+/*
+ * The flag rose once the request was out, as the server acted: the answer
+ * is still read, so the caller learns the upload id (and aborts it) instead
+ * of leaving an upload nobody knows of on the server.
+ */
+static void test_cancel_waits_for_the_answer(void **state)
+{
+	struct s3_client *c = *state;
+	const struct mresp r[] = {
+		{ CURLE_OK, 200, NULL,
+		  "<InitiateMultipartUploadResult><UploadId>up1</UploadId>"
+		  "</InitiateMultipartUploadResult>",
+		  0, 1 },
+		{ CURLE_OK, 200, NULL, NULL, 1, 1 },
+	};
+	atomic_int flag = 0;
+	char id[S3_UPLOAD_ID_MAX], etag[S3_ETAG_MAX];
+
+	script(r, 2);
+	mk.cancel = &flag;
+	s3_client_set_cancel(c, &flag);
+	assert_int_equal(s3_mpu_create(c, "k", NULL, 0, id), 0);
+	assert_string_equal(id, "up1");
+	/* a PUT whose body went out whole: stored, and it says so */
+	atomic_store(&flag, 0);
+	assert_int_equal(s3_put_object(c, "k", "hello", 5, NULL, NULL, 1, NULL, 0, etag), 0);
+	assert_int_equal(s3_client_put_stored(c), 1);
+	assert_int_equal(mk.calls, 2);
+	s3_client_set_cancel(c, NULL);
+}
+
+/*
+ * A PUT whose body is still going out when the flag rises is cut there; a
+ * part is cut even once sent (its upload is aborted: nothing of it lasts).
+ */
+static void test_cancel_cuts_a_body_short(void **state)
+{
+	struct s3_client *c = *state;
+	const struct mresp r[] = {
+		{ CURLE_OK, 200, NULL, NULL, 1, 2 },
+		{ CURLE_OK, 200, NULL, NULL, 1, 1 },
+	};
+	atomic_int flag = 0;
+
+	script(r, 2);
+	mk.cancel = &flag;
+	s3_client_set_cancel(c, &flag);
+	assert_int_equal(s3_put_object(c, "k", "hello", 5, NULL, NULL, 1, NULL, 0, NULL),
+			 -ECANCELED);
+	assert_int_equal(s3_client_put_stored(c), 0);
+	atomic_store(&flag, 0);
+	assert_int_equal(s3_mpu_put_part(c, "k", "up", 1, "hello", 5, NULL, NULL, NULL),
+			 -ECANCELED);
+	assert_int_equal(mk.calls, 2);
+	s3_client_set_cancel(c, NULL);
+}
+
+/* Unmounting cuts at once whatever is in flight, an answer awaited too. */
+static void test_cancel_now_cuts_all(void **state)
+{
+	struct s3_client *c = *state;
+	const struct mresp r[] = {
+		{ CURLE_OK, 200, NULL,
+		  "<InitiateMultipartUploadResult><UploadId>up1</UploadId>"
+		  "</InitiateMultipartUploadResult>",
+		  0, 3 },
+	};
+	atomic_int flag = 0;
+	char id[S3_UPLOAD_ID_MAX];
+
+	script(r, 1);
+	mk.cancel = &flag;
+	s3_client_set_cancel(c, &flag);
+	assert_int_equal(s3_mpu_create(c, "k", NULL, 0, id), -ECANCELED);
+	assert_int_equal(mk.calls, 1);
+	s3_client_set_cancel(c, NULL);
+}
+
+/* DELETE of an object: 204, and 404 (gone already) is no error either. */
+static void test_delete_object(void **state)
+{
+	struct s3_client *c = *state;
+	const struct mresp r[] = {
+		{ CURLE_OK, 204, NULL, NULL, 0, 0 },
+		{ CURLE_OK, 404, NULL, ERRBODY("NoSuchKey", "x"), 0, 0 },
+		{ CURLE_OK, 403, NULL, ERRBODY("AccessDenied", "x"), 0, 0 },
+	};
+
+	script(r, 3);
+	assert_int_equal(s3_delete_object(c, "a b.tar.gz"), 0);
+	assert_string_equal(mk.sent_url[0], "http://127.0.0.1:7480/test/a%20b.tar.gz");
+	assert_int_equal(s3_delete_object(c, "k"), 0);
+	assert_string_equal(s3_client_error(c), "");
+	assert_int_equal(s3_delete_object(c, "k"), -EACCES);
+	assert_string_equal(s3_client_error(c),
+			    "403 AccessDenied: access key TESTKEY may not DELETE 'k' in bucket "
+			    "'test': check the permissions of the key and the bucket policy");
+}
+
 static void test_retry_budget(void **state)
 {
 	struct s3_config cfg;
@@ -1182,6 +1302,10 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_get_resumes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_cancel_after_2xx, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_cancel_waits_for_the_answer, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_cancel_cuts_a_body_short, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_cancel_now_cuts_all, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_delete_object, setup, teardown),
 		cmocka_unit_test(test_retry_budget),
 		cmocka_unit_test(test_virtual_hosted_and_token),
 		cmocka_unit_test(test_payload_signing),
