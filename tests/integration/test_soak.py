@@ -1,8 +1,9 @@
 """Seeded random work, the daemon killed (-9) between rounds: nothing written is lost.
 
 Each round writes a mix of units into pending/ (empty, small and multipart
-files, a directory, an rsync-style rename, a file written again while it
-may be uploading, content already seen under another name), waits a random
+files, a directory, an rsync-style rename, a file written again or removed
+while it may be uploading, new content under an earlier name, content
+already seen under another name), waits a random
 moment, so that the kill lands in the settle time, an upload, its complete,
 the move or the record, and kills the daemon; then mounts again.  The last
 round lets everything finish.
@@ -14,14 +15,15 @@ What must hold at the end, whatever the timing was:
   compression_type says), its checksum the sha256 of those bytes;
 - the last content written under each name is in completed/, under the
   name or a suffixed one;
-- no multipart upload is left, and every object under the prefix is named
-  by a record (no object nobody knows of).
+- no multipart upload is left, and the objects under the prefix are exactly
+  those the records name (no object nobody knows of).
 
 MGMTFS_SOAK_SEED=N runs another sequence (the seed is in every message);
 MGMTFS_SOAK_DEBUG=1 has the daemon log every step.
 """
 import gzip
 import io
+import json
 import os
 import random
 import tarfile
@@ -121,6 +123,26 @@ class Work:
         self.last[name] = {"": data}
         self.seen.append(data)
 
+    def reused(self):
+        """New content under an earlier file's name: a rewrite if that one is still in
+        pending/, else a new unit (NAME_1 in completed/, NAME_1.bin... in the bucket)."""
+        names = [n for n, t in self.last.items() if set(t) == {""}]
+        if not names:
+            return self.file()
+        name, data = self.rng.choice(names), self.data()
+        write_file(self.m.pending(name), data)
+        self.last[name] = {"": data}
+        self.seen.append(data)
+
+    def removed(self):
+        name, data = self.name(), self.data()
+        write_file(self.m.pending(name), data)
+        time.sleep(self.rng.uniform(0, 0.6))
+        try:
+            os.unlink(self.m.pending(name))
+        except FileNotFoundError:
+            self.last[name] = {"": data}  # uploaded and moved first: in completed/
+
     def directory(self):
         name = self.name("d")
         d = self.m.pending(name)
@@ -135,7 +157,7 @@ class Work:
     def round(self):
         for _ in range(self.rng.randrange(3, 7)):
             self.rng.choice((self.file, self.file, self.duplicate, self.renamed,
-                             self.rewritten, self.directory))()
+                             self.rewritten, self.removed, self.reused, self.directory))()
 
 
 def wait_pending_empty(m, timeout=180):
@@ -211,7 +233,11 @@ def test_kill9_rounds_lose_nothing(mount, compression):
             f"the last content of pending/{name} is not in completed/ (seed {SEED})"
     left = m.client.list_multipart_uploads(m.bucket, m.prefix + "/")
     assert left == [], f"multipart uploads left: {left}\n{logs_about(m, left)}"
+    # a unit removed as it finished keeps its record (the object is up), as after rm
+    records = json.loads(m.cli("list", "--json").stdout)
+    named = {r["s3_object_key"] for r in records if r["status"] in ("completed", "duplicate")}
+    assert keys <= named
     objects = set(m.client.list_objects(m.bucket, m.prefix + "/"))
-    assert objects == keys, f"objects no record names: {sorted(objects - keys)}; " \
-                            f"records without object: {sorted(keys - objects)}\n" \
-                            f"{logs_about(m, objects ^ keys)}"
+    assert objects == named, f"objects no record names: {sorted(objects - named)}; " \
+                             f"records without object: {sorted(named - objects)}\n" \
+                             f"{logs_about(m, objects ^ named)}"
