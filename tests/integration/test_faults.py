@@ -536,6 +536,29 @@ def test_write_while_the_server_answers(fault_proxy, mount, tmp_path, answer):
     assert_uploaded_once(m, name, final, tmp_path / "check")
 
 
+def test_opened_while_the_server_answers(fault_proxy, mount, tmp_path):
+    """The file is only opened for writing while its complete is answered,
+    and closed unchanged.  With passthrough the daemon cannot tell an open
+    from a write, so this is a change: the object made is deleted and the
+    file goes up again, under the name's own key, not as NAME_1 beside an
+    object no record names."""
+    name = "opened.bin"
+    m = mount(proxied(fault_proxy))
+    data = data_of(MULTI_SIZE, 33)
+    fault_proxy.set_rules([{"fault": "hold-response:2", "match": HELD_ANSWERS["complete"][1],
+                            "first": 1}])
+    write_file(m.pending(name), data)
+    fault_proxy.wait_for("the answer of the complete held", lambda lg: lg.held(None, COMPLETE))
+    fd = os.open(m.pending(name), os.O_WRONLY)
+    try:
+        fault_proxy.wait_for("the held answer read", lambda lg: lg.find(None, COMPLETE, 200))
+        time.sleep(0.5)
+    finally:
+        os.close(fd)
+    m.wait_completed(name)
+    assert_uploaded_once(m, name, data, tmp_path / "check")
+
+
 def upload_held_at_part_2(fault_proxy, mount, name, seed):
     """Mount, drop pending/@name (multipart) and hold its part 2 on the wire."""
     m = mount(proxied(fault_proxy))
