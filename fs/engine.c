@@ -1894,9 +1894,32 @@ static void drop_superseded(struct s3_client *c, const char *name, struct result
 }
 
 /* Record the upload, then move the file (the record first: a crash between is repaired). */
-static void finish_ok(struct engine *e, struct unit *u, const char *name, struct result *r)
+struct named_arg {
+	uint64_t self;
+	const char *bucket, *key;
+};
+
+static int named_cb(const struct store_record *rec, void *arg)
+{
+	const struct named_arg *a = arg;
+
+	return rec->id != a->self && !strcmp(rec->s3_object_key, a->key) &&
+	       !strcmp(rec->s3_bucket, a->bucket);
+}
+
+/* Does a record other than @self name @key?  (Also 1 when the store cannot tell.) */
+static int named_elsewhere(struct engine *e, uint64_t self, const char *key)
+{
+	struct named_arg a = { self, e->cfg->bucket, key };
+
+	return store_list(e->fs->st, -1, named_cb, &a) != 0;
+}
+
+static void finish_ok(struct engine *e, struct s3_client *c, struct unit *u, const char *name,
+		      struct result *r)
 {
 	char dest[NAME_MAX + 1], path[PATH_MAX], eb[128];
+	uint64_t id = u->id, now_id;	/* this try's record (a change once it is done makes a new one) */
 	int rc = -EEXIST;
 
 	hint_mark(e, r->in, r->head);
@@ -1905,7 +1928,7 @@ static void finish_ok(struct engine *e, struct unit *u, const char *name, struct
 		snprintf(path, sizeof(path), "%s/%s", e->cfg->completed_dir, dest);
 		if (access(path, F_OK) == 0)
 			continue;
-		rc = fs_record_update(e->fs, u->id, done_fn,
+		rc = fs_record_update(e->fs, id, done_fn,
 				      &(struct done_arg){ r, dest, e->cfg->bucket });
 		if (rc)
 			break;
@@ -1913,20 +1936,31 @@ static void finish_ok(struct engine *e, struct unit *u, const char *name, struct
 		rc = fs_move_to_completed(e->fs, name, dest,
 					  engine_stopping(e) ? NULL : &u->cancel);
 	}
-	store_part_clear(e->fs->st, u->id);
+	store_part_clear(e->fs->st, id);
 	if (rc == -EBUSY) {
 		/* a writer or a change came after the last check: it is queued again */
 		mgmtfs_info("'pending/%s' was changed or opened for writing as its upload "
 			    "finished: uploading it again once closed", name);
-		fs_record_update(e->fs, u->id, unmoved_fn, NULL);
 		pthread_mutex_lock(&e->lock);
+		now_id = u->id;
 		u->again = 1;
 		pthread_mutex_unlock(&e->lock);
+		if (now_id == id) {
+			fs_record_update(e->fs, id, unmoved_fn, NULL);
+		} else {
+			/* the change, finding this record done, made the unit a new one */
+			pthread_mutex_lock(&e->fs->rec_lock);
+			store_delete(e->fs->st, id);
+			pthread_mutex_unlock(&e->fs->rec_lock);
+		}
+		/* the record named the object a moment: a duplicate found then names it too */
+		if (!named_elsewhere(e, id, r->key))
+			drop_superseded(c, name, r);
 		return;
 	}
 	/* -ENOENT: removed while it finished; the object is up, as after rm in completed/ */
 	if (rc && rc != -ENOENT)
-		fs_record_update(e->fs, u->id, move_failed_fn,
+		fs_record_update(e->fs, id, move_failed_fn,
 				 &(struct move_fail_arg){ name, e->cfg->bucket, r->key, r->status,
 							  rc });
 	if (rc)
@@ -2101,7 +2135,7 @@ static void run_unit(struct engine *e, struct s3_client *c, struct unit *u)
 	r->status = STORE_COMPLETED;
 	r->interrupted = sa.interrupted;
 	if (uploaded_before(e, c, rec, name, r)) {
-		finish_ok(e, u, name, r);
+		finish_ok(e, c, u, name, r);
 		goto out;
 	}
 	mgmtfs_debug("uploading 'pending/%s' (record %llu)", name, (unsigned long long)u->id);
@@ -2122,7 +2156,7 @@ static void run_unit(struct engine *e, struct s3_client *c, struct unit *u)
 		goto out;
 	}
 	if (rc == 0) {
-		finish_ok(e, u, name, r);
+		finish_ok(e, c, u, name, r);
 		goto out;
 	}
 	if (rc == -ECANCELED) {

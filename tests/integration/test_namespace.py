@@ -272,6 +272,12 @@ def test_write_during_a_move_across_filesystems_is_uploaded(other_fs, mount, tmp
     key = get_xattr(m.completed(name), "user.mgmt.s3_object_key")
     assert sha256(m.client.get_object(m.bucket, key)) == sha256(local)
     assert not [n for n in os.listdir(elsewhere) if n.startswith(".mgmtfs-moving-")]
+    # the object of the first upload, which the append superseded, is gone: the
+    # file has its own key, and every object is named by a record
+    assert key == f"{m.prefix}/{name}", key
+    records = json.loads(m.cli("list", "--json").stdout)
+    named = {r["s3_object_key"] for r in records if r["status"] in ("completed", "duplicate")}
+    assert set(m.client.list_objects(m.bucket, m.prefix + "/")) == named
 
 
 @pytest.mark.parametrize("how", ["remount", "retry"])
