@@ -1893,7 +1893,6 @@ static void drop_superseded(struct s3_client *c, const char *name, struct result
 	r->made = 0;
 }
 
-/* Record the upload, then move the file (the record first: a crash between is repaired). */
 struct named_arg {
 	uint64_t self;
 	const char *bucket, *key;
@@ -1915,6 +1914,7 @@ static int named_elsewhere(struct engine *e, uint64_t self, const char *key)
 	return store_list(e->fs->st, -1, named_cb, &a) != 0;
 }
 
+/* Record the upload, then move the file (the record first: a crash between is repaired). */
 static void finish_ok(struct engine *e, struct s3_client *c, struct unit *u, const char *name,
 		      struct result *r)
 {

@@ -239,6 +239,14 @@ static void script(const struct mresp *r, int n)
 	mk.n = n;
 }
 
+/* script(), with @flag as @c's cancel flag, which the script may raise (raise_cancel). */
+static void script_cancel(const struct mresp *r, int n, struct s3_client *c, atomic_int *flag)
+{
+	script(r, n);
+	mk.cancel = flag;
+	s3_client_set_cancel(c, flag);
+}
+
 /* ------------------------------------------------------------------ */
 /* fixtures */
 
@@ -951,9 +959,7 @@ static void test_cancel(void **state)
 	};
 	atomic_int flag = 0;
 
-	script(r, 1);
-	mk.cancel = &flag;
-	s3_client_set_cancel(c, &flag);
+	script_cancel(r, 1, c, &flag);
 	/* raised during the first attempt: no second one */
 	assert_int_equal(s3_put_object(c, "k", "hello", 5, NULL, NULL, 0, NULL, 0, NULL),
 			 -ECANCELED);
@@ -974,9 +980,7 @@ static void test_cancel_after_2xx(void **state)
 	atomic_int flag = 0;
 	char etag[S3_ETAG_MAX];
 
-	script(r, 1);
-	mk.cancel = &flag;
-	s3_client_set_cancel(c, &flag);
+	script_cancel(r, 1, c, &flag);
 	assert_int_equal(s3_put_object(c, "k", "hello", 5, NULL, NULL, 1, NULL, 0, etag), 0);
 	assert_string_equal(etag, MD5_HELLO);
 	assert_int_equal(mk.calls, 1);
@@ -1002,9 +1006,7 @@ static void test_cancel_waits_for_the_answer(void **state)
 	atomic_int flag = 0;
 	char id[S3_UPLOAD_ID_MAX], etag[S3_ETAG_MAX];
 
-	script(r, 2);
-	mk.cancel = &flag;
-	s3_client_set_cancel(c, &flag);
+	script_cancel(r, 2, c, &flag);
 	assert_int_equal(s3_mpu_create(c, "k", NULL, 0, id), 0);
 	assert_string_equal(id, "up1");
 	/* a PUT whose body went out whole: stored, and it says so */
@@ -1028,9 +1030,7 @@ static void test_cancel_cuts_a_body_short(void **state)
 	};
 	atomic_int flag = 0;
 
-	script(r, 2);
-	mk.cancel = &flag;
-	s3_client_set_cancel(c, &flag);
+	script_cancel(r, 2, c, &flag);
 	assert_int_equal(s3_put_object(c, "k", "hello", 5, NULL, NULL, 1, NULL, 0, NULL),
 			 -ECANCELED);
 	assert_int_equal(s3_client_put_stored(c), 0);
@@ -1054,9 +1054,7 @@ static void test_cancel_now_cuts_all(void **state)
 	atomic_int flag = 0;
 	char id[S3_UPLOAD_ID_MAX];
 
-	script(r, 1);
-	mk.cancel = &flag;
-	s3_client_set_cancel(c, &flag);
+	script_cancel(r, 1, c, &flag);
 	assert_int_equal(s3_mpu_create(c, "k", NULL, 0, id), -ECANCELED);
 	assert_int_equal(mk.calls, 1);
 	s3_client_set_cancel(c, NULL);
