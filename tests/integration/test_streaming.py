@@ -16,6 +16,7 @@ import os
 import random
 import subprocess
 import tarfile
+import time
 
 import pytest
 
@@ -296,3 +297,40 @@ def test_300mib_multipart(mount, tmp_path):
     assert fields.get("user.mgmt.etag") == etag
     assert m.client.list_multipart_uploads(m.bucket, m.prefix + "/") == []
     assert m.client.list_objects(m.bucket, m.prefix + "/") == [key]
+
+
+def vm_kib(pid, field="VmRSS"):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def test_mount_readies_the_part_buffers_of_one_upload(mount, tmp_path):
+    """A mount touches the part buffers of one multipart upload ((parts_in_flight + 1)
+    x part_size, here 4 x 4 MiB) in the background, so that the first big file does not
+    wait for them; a held mount starts no upload and takes none.  The first upload then
+    goes up whole from those buffers."""
+    opts = {"compression": "none", "part_size": "4M", "parts_in_flight": 3}
+    pool_kib = 4 * 4 * 1024
+    held = mount(dict(opts, hold=True))
+    m = mount(opts)
+    deadline = time.monotonic() + 20
+    while vm_kib(m.proc.pid) - vm_kib(held.proc.pid) < pool_kib * 0.9:
+        assert time.monotonic() < deadline, (
+            f"the mount's RSS is {vm_kib(m.proc.pid)} KiB, the held mount's "
+            f"{vm_kib(held.proc.pid)} KiB: the part buffers were not made ready")
+        time.sleep(0.05)
+    # (the held mount had as long, and more, to take them)
+    assert vm_kib(held.proc.pid, "VmHWM") < vm_kib(m.proc.pid) - pool_kib * 0.9
+
+    name, data = "first.bin", mixed(10 * MIB + 12345, seed=7)
+    src = write_source(tmp_path, name, data, MODE, MTIME)
+    m.drop(src)
+    m.wait_completed(name)
+    key = f"{m.prefix}/{name}"
+    blob = m.client.get_object(m.bucket, key)
+    assert blob == data
+    assert m.client.head_object(m.bucket, key)["etag"].strip('"') == multipart_etag(blob, 4 * MIB)
+    assert getfattr(m.completed(name)).get("user.mgmt.checksum") == f"sha256:{sha256(data)}"
