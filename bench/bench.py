@@ -364,9 +364,9 @@ def mgmtfs_put_file(src, prefix, **kw):
 
 class KeptMgmtfs:
     """One mgmtfs mount for every run of a row, as the s3fs mount is for its
-    rows, and as a user mounts once and copies many files.  Its first run
-    pays what the first upload of a mount pays (the first touch of the part
-    pool); the fresh-mount row shows that cost on every run.  Each run
+    rows, and as a user mounts once and copies many files.  (The part pool
+    is touched at mount, in the background, so its first run pays no more
+    than the fresh-mount row's do.)  Each run
     copies a copy of the file whose first bytes say the run, under a new
     name: new content, as each file a user copies is, not a duplicate of
     the last run's (which a mount finds before sending a part).  The object,
@@ -650,8 +650,7 @@ def big_uncompressed():
     t = Table("big, uncompressed: 1 GiB mixed file",
               "s", "mgmtfs: compression=none, `cp` into `pending/` until completed "
               "(settle=0, fresh mount per run; the \"mount kept\" row uses one mount "
-              "for all its runs, as the s3fs row does, and only its first run pays "
-              "the first touch of the part pool). curl: one SigV4 PUT of the whole "
+              "for all its runs, as the s3fs row does). curl: one SigV4 PUT of the whole "
               "file, no multipart (UNSIGNED-PAYLOAD: the server's ceiling; "
               "the signed-payload variant hashes the file first, as a client that "
               "signs the payload must; the \"sha256 known\" variant is given the hash, "
