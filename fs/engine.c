@@ -155,6 +155,7 @@ struct engine {
 	int big_free;		/* multipart slots left, protected by lock */
 	size_t mem_held;	/* part-buffer memory taken (mem_hold), protected by lock */
 	struct buf_pool pool;	/* free part buffers (part_size) */
+	_Atomic int pool_made;	/* part buffers made in all (logged at unmount) */
 	struct buf_pool small;	/* free buffers of small files' one PUT (SMALL_BUF) */
 	int warm;		/* WARM_*: the pool filled once per mount, protected by lock */
 	pthread_cond_t warm_cond;	/* warm left WARM_FILLING */
@@ -774,7 +775,11 @@ static unsigned char *buf_get(struct engine *e, size_t size)
 	if (p->n)
 		b = p->bufs[--p->n];
 	pthread_mutex_unlock(&p->lock);
-	return b ? b : buf_new(p->size);
+	if (b)
+		return b;
+	if (p == &e->pool)
+		atomic_fetch_add(&e->pool_made, 1);
+	return buf_new(p->size);
 }
 
 static void buf_put(struct engine *e, unsigned char *b, size_t size)
@@ -920,6 +925,12 @@ static void send_part(struct s3_client *c, struct part_task *t)
 		else
 			store_part_put(e->fs->st, j->u->id, t->partno, etag, t->len);
 	}
+	/*
+	 * The buffer goes back before the reader hears of a free slot: it
+	 * takes its next buffer as soon as it does, and would find the pool
+	 * empty and make one more than parts_in_flight + 1.
+	 */
+	buf_put(e, t->buf, t->cap);
 	pthread_mutex_lock(&j->lock);
 	if (!rc) {
 		struct s3_part *p = &j->parts[t->partno - 1];
@@ -933,7 +944,6 @@ static void send_part(struct s3_client *c, struct part_task *t)
 	j->inflight--;
 	pthread_cond_broadcast(&j->cond);
 	pthread_mutex_unlock(&j->lock);
-	buf_put(e, t->buf, t->cap);
 	free(t);
 }
 
@@ -961,11 +971,11 @@ static void *sender_main(void *arg)
 			break;
 		if (!c) {
 			job_fail(t->job, -ENOMEM, "out of memory");
+			buf_put(e, t->buf, t->cap);	/* before the slot: see send_part */
 			pthread_mutex_lock(&t->job->lock);
 			t->job->inflight--;
 			pthread_cond_broadcast(&t->job->cond);
 			pthread_mutex_unlock(&t->job->lock);
-			buf_put(e, t->buf, t->cap);
 			free(t);
 			continue;
 		}
@@ -2763,6 +2773,8 @@ void engine_free(struct engine *e)
 	if (!e)
 		return;
 	engine_stop(e);
+	mgmtfs_debug("part buffers of %zu bytes: %d made, the pool keeps %d", e->pool.size,
+		     atomic_load(&e->pool_made), e->pool.max);
 	while (e->units)
 		unit_remove(e, e->units);
 	while (e->gone) {	/* kept in the store: the next mount aborts them */

@@ -14,6 +14,7 @@ import io
 import math
 import os
 import random
+import re
 import subprocess
 import tarfile
 import time
@@ -334,3 +335,24 @@ def test_mount_readies_the_part_buffers_of_one_upload(mount, tmp_path):
     assert blob == data
     assert m.client.head_object(m.bucket, key)["etag"].strip('"') == multipart_etag(blob, 4 * MIB)
     assert getfattr(m.completed(name)).get("user.mgmt.checksum") == f"sha256:{sha256(data)}"
+
+
+def test_multipart_upload_holds_at_most_its_part_buffers(mount, tmp_path):
+    """A multipart upload holds parts_in_flight + 1 part buffers at most: the reader
+    takes the next buffer only once a sender has put its own back.  A sender that
+    said "one fewer in flight" before giving its buffer back let the reader find
+    the pool empty and make one more (16 MiB over the bound at the defaults).  The
+    daemon logs at unmount how many part buffers it made; one upload's worth is all
+    a mount needs, however many parts go up."""
+    pif = 2
+    m = mount({"compression": "none", "part_size": "1M", "parts_in_flight": pif,
+               "debug": True})
+    name, data = "many-parts.bin", mixed(96 * MIB + 1, seed=11)
+    m.drop(write_source(tmp_path, name, data, MODE, MTIME))
+    m.wait_completed(name)
+    assert m.client.head_object(m.bucket, f"{m.prefix}/{name}")["etag"].strip('"') == \
+        multipart_etag(data, MIB)
+    assert m.stop() == []
+    made = re.findall(r"part buffers of 1048576 bytes: (\d+) made", m.log())
+    assert made == [str(pif + 1)], (
+        f"part buffers made: {made}; one upload needs {pif + 1}")
