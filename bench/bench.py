@@ -600,7 +600,19 @@ class Table:
         ratio = ra.med / rb.med
         ok = ratio <= limit if op == "<=" else ratio >= limit
         self.targets.append(f"**{'PASS' if ok else 'MISS'}** target: {text}: "
-                            f"{how.format(ratio=ratio)}")
+                            f"{how.format(ratio=ratio)}" + ("" if ok else self.floor(ra, rb)))
+
+    def floor(self, ra, rb):
+        """For a missed time target: the least time the CPU work of @ra's runs
+        (client and server together) could take on this machine's cores, and
+        what ratio to @rb that would give: a ratio no scheduling can beat."""
+        if self.unit != "s" or not ra.cpu:
+            return ""
+        work = statistics.median(c + sv for c, sv in ra.cpu)
+        n = os.cpu_count() or 1
+        return (f" (its runs took {work:.1f} CPU-s, client and server; on {n} cores that "
+                f"work needs {work / n:.2f} s at least, {work / n / rb.med:.2f} × "
+                f"{rb.label}'s time)")
 
 
 def fmt(v, unit, with_unit=True):
