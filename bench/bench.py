@@ -603,16 +603,19 @@ class Table:
                             f"{how.format(ratio=ratio)}" + ("" if ok else self.floor(ra, rb)))
 
     def floor(self, ra, rb):
-        """For a missed time target: the least time the CPU work of @ra's runs
-        (client and server together) could take on this machine's cores, and
-        what ratio to @rb that would give: a ratio no scheduling can beat."""
-        if self.unit != "s" or not ra.cpu:
+        """For a missed time target of a / b: the least time the CPU work of
+        mgmtfs's runs (client and server together) needs on this machine's
+        cores, and the best ratio that would give, which no scheduling beats."""
+        m = ra if ra.mgmtfs else rb if rb.mgmtfs else None
+        if self.unit != "s" or m is None or not m.cpu:
             return ""
-        work = statistics.median(c + sv for c, sv in ra.cpu)
+        work = statistics.median(c + sv for c, sv in m.cpu)
         n = os.cpu_count() or 1
-        return (f" (its runs took {work:.1f} CPU-s, client and server; on {n} cores that "
-                f"work needs {work / n:.2f} s at least, {work / n / rb.med:.2f} × "
-                f"{rb.label}'s time)")
+        least = work / n
+        best = least / rb.med if m is ra else ra.med / least
+        return (f" (mgmtfs's runs took {work:.1f} CPU-s, client and server; on {n} cores "
+                f"that work needs {least:.2f} s at least: the ratio could be {best:.2f} "
+                "at best)")
 
 
 def fmt(v, unit, with_unit=True):
