@@ -353,6 +353,6 @@ def test_multipart_upload_holds_at_most_its_part_buffers(mount, tmp_path):
     assert m.client.head_object(m.bucket, f"{m.prefix}/{name}")["etag"].strip('"') == \
         multipart_etag(data, MIB)
     assert m.stop() == []
-    made = re.findall(r"part buffers of 1048576 bytes: (\d+) made", m.log())
+    made = re.findall(rf"part buffers of {MIB} bytes: (\d+) made", m.log())
     assert made == [str(pif + 1)], (
         f"part buffers made: {made}; one upload needs {pif + 1}")
