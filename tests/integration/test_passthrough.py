@@ -43,6 +43,13 @@ def test_written_bytes_reach_disk_and_bucket(mount, tmp_path, passthrough):
     assert m.pending("a.bin").read_bytes() == data
     assert os.stat(m.pending("a.bin")).st_size == len(data)
     assert passthrough_active(m) == (passthrough == "1"), m.log()
+    # cp sizes its writes by st_blksize: with passthrough the disk's own (ext4
+    # caches larger writes in larger folios, slower here), else 1 MiB (max_write)
+    disk = os.stat(m.local / "pending" / "a.bin").st_blksize
+    want = disk if passthrough == "1" else MIB
+    assert disk != MIB
+    for p in (m.pending("a.bin"), m.pending(".")):
+        assert os.stat(p).st_blksize == want, p
 
     assert m.cli("resume").returncode == 0
     m.wait_completed("a.bin")
