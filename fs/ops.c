@@ -45,6 +45,13 @@
  * of 128 KiB at a time.  See show_blksize() for passthrough.
  */
 #define IO_BLKSIZE   (1 << 20)
+/*
+ * Largest single write into a backing file.  ext4 caches a write in
+ * page-cache folios of its size, and large ones were slow to fill on this
+ * project's VMs: 1 GiB into pending/ without passthrough (1 MiB FUSE
+ * writes) took 2.0-2.8 s written whole, 0.9-2.1 s in these pieces.
+ */
+#define WRITE_PIECE  (128u << 10)
 #define MGMT_XATTR   "user.mgmt."
 #define MGMT_XLEN    (sizeof(MGMT_XATTR) - 1)
 
@@ -1072,12 +1079,38 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
 }
 
+/*
+ * Copy @in to @fd at @off in pieces of WRITE_PIECE at most.  Returns the
+ * bytes written, or -errno when the first piece failed.
+ */
+static ssize_t write_pieces(int fd, struct fuse_bufvec *in, off_t off)
+{
+	size_t left = fuse_buf_size(in), done = 0;
+	ssize_t n = 0;
+
+	while (left) {
+		size_t k = left < WRITE_PIECE ? left : WRITE_PIECE;
+		struct fuse_bufvec out = FUSE_BUFVEC_INIT(k);
+
+		out.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+		out.buf[0].fd = fd;
+		out.buf[0].pos = off + (off_t)done;
+		n = fuse_buf_copy(&out, in, 0);	/* moves @in on by what it copied */
+		if (n <= 0)
+			break;
+		done += (size_t)n;
+		left -= (size_t)n;
+		if ((size_t)n < k)
+			break;
+	}
+	return done || n >= 0 ? (ssize_t)done : n;
+}
+
 static void op_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in, off_t off,
 			 struct fuse_file_info *fi)
 {
 	struct fs *fs = FS(req);
 	struct fh *h = FH(fi);
-	struct fuse_bufvec out = FUSE_BUFVEC_INIT(fuse_buf_size(in));
 	ssize_t n;
 
 	if (!h->wrote) {
@@ -1088,10 +1121,7 @@ static void op_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in,
 		    unit[0])
 			engine_unit_touched(fs->eng, unit, 0);
 	}
-	out.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
-	out.buf[0].fd = h->fd;
-	out.buf[0].pos = off;
-	n = fuse_buf_copy(&out, in, 0);
+	n = write_pieces(h->fd, in, off);
 	if (n < 0) {
 		h->write_error = (int)-n;
 		fuse_reply_err(req, (int)-n);
