@@ -1561,7 +1561,7 @@ const struct fuse_lowlevel_ops fs_ops = {
  */
 #define COPY_BUF (1u << 20)
 
-/* Copy the data of @in to @out: copy_file_range, else read/write. */
+/* Copy the data of @in to @out: copy_file_range, else read/write (WRITE_PIECE). */
 static int copy_data(int in, int out)
 {
 	char *buf = NULL;
@@ -1581,11 +1581,11 @@ static int copy_data(int in, int out)
 			return -errno;
 		break;
 	}
-	buf = malloc(COPY_BUF);
+	buf = malloc(WRITE_PIECE);
 	if (!buf)
 		return -ENOMEM;
 	for (;;) {
-		ssize_t n = read(in, buf, COPY_BUF), off = 0;
+		ssize_t n = read(in, buf, WRITE_PIECE), off = 0;
 
 		if (n < 0 && errno == EINTR)
 			continue;
