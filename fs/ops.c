@@ -48,8 +48,9 @@
 /*
  * Largest single write into a backing file.  ext4 caches a write in
  * page-cache folios of its size, and large ones were slow to fill on this
- * project's VMs: 1 GiB into pending/ without passthrough (1 MiB FUSE
- * writes) took 2.0-2.8 s written whole, 0.9-2.1 s in these pieces.
+ * project's VMs (`dd bs=1M` to ext4 ran at a fifth of the speed of
+ * bs=128K): 1 GiB into pending/ without passthrough (1 MiB FUSE writes)
+ * took 2.0-2.8 s written whole, 0.9-2.1 s in these pieces.
  */
 #define WRITE_PIECE  (128u << 10)
 #define MGMT_XATTR   "user.mgmt."
@@ -340,10 +341,9 @@ static void fill_root_attr(struct fs *fs, fuse_ino_t ino, struct stat *st)
  * The st_blksize to show for @st, the backing entry's own stat.  With
  * passthrough the kernel writes to the backing file itself, so the disk's
  * own st_blksize stays: a copy into pending/ then writes in the pieces it
- * would write to local_dir (cp: 128 KiB for ext4).  Larger writes are not
- * free there: ext4 caches each in page-cache folios of its size, and on
- * this project's VMs `dd bs=1M` to ext4 ran at a fifth of the speed of
- * bs=128K, and `cp` into pending/ at half (0.75 s for 1 GiB, against 0.33).
+ * would write to local_dir (cp: 128 KiB for ext4).  Larger writes are
+ * slower there (see WRITE_PIECE): with 1 MiB, `cp` of 1 GiB into pending/
+ * took 0.75 s, against 0.33.
  */
 static void show_blksize(struct fs *fs, struct stat *st)
 {
