@@ -55,6 +55,8 @@ static const char usage_text[] =
 	"                         192M: (parts_in_flight + 1) x part_size for a\n"
 	"                         multipart upload, its size for one PUT; uploads\n"
 	"                         wait for room (one always runs)\n"
+	"  buffer_idle=SECONDS    give the part buffers back to the system after\n"
+	"                         this long without an upload, default 60\n"
 	"  threads=N              compression threads, default all cores\n"
 	"  endpoint=URL           S3 endpoint (AWS_ENDPOINT_URL)\n"
 	"  region=R               (AWS_REGION) default us-east-1\n"
@@ -220,8 +222,8 @@ static int apply(struct mgmtfs_config *cfg, const char *key, const char *val, co
 
 	static const char *const with_value[] = {
 		"bucket", "prefix", "local_dir", "completed_dir", "settle", "dir_settle",
-		"compression", "level", "part_size", "buffer_memory", "parts_in_flight", "uploads",
-		"threads",
+		"compression", "level", "part_size", "buffer_memory", "buffer_idle", "parts_in_flight",
+		"uploads", "threads",
 		"max_attempts", "retry_max_seconds", "stall_seconds", "endpoint", "region",
 		"addressing", "payload_signing", "ignore", NULL
 	};
@@ -247,7 +249,8 @@ static int apply(struct mgmtfs_config *cfg, const char *key, const char *val, co
 		rc = set_str(&cfg->local_dir, val);
 	} else if (!strcmp(key, "completed_dir")) {
 		rc = set_str(&cfg->completed_dir, val);
-	} else if (!strcmp(key, "settle") || !strcmp(key, "dir_settle")) {
+	} else if (!strcmp(key, "settle") || !strcmp(key, "dir_settle") ||
+		   !strcmp(key, "buffer_idle")) {
 		double d;
 
 		if (parse_seconds(val, &d))
@@ -255,8 +258,10 @@ static int apply(struct mgmtfs_config *cfg, const char *key, const char *val, co
 				    val, src, key);
 		if (key[0] == 's')
 			cfg->settle = d;
-		else
+		else if (key[0] == 'd')
 			cfg->dir_settle = d;
+		else
+			cfg->buffer_idle = d;
 	} else if (!strcmp(key, "compression")) {
 		if (arc_format_parse(val, &cfg->compression))
 			return fail(err, errlen,
@@ -432,6 +437,7 @@ static int apply_defaults_file_env(struct mgmtfs_config *cfg, char *err, size_t 
 	cfg->level = 6;
 	cfg->part_size = (size_t)16 << 20;
 	cfg->buffer_memory = (size_t)192 << 20;
+	cfg->buffer_idle = 60.0;
 	cfg->parts_in_flight = 4;
 	cfg->uploads = 4;
 	cfg->passthrough = 1;

@@ -23,6 +23,7 @@ struct mgmtfs_config {
 	int level;
 	size_t part_size;
 	size_t buffer_memory;	/* part buffers of all uploads together */
+	double buffer_idle;	/* seconds without an upload before they are given back */
 	int parts_in_flight;
 	int uploads;
 	int threads;		/* compression threads, 0 = all cores */

@@ -177,6 +177,8 @@ CASES = {
     "buffer-memory-1K": (opt(buffer_memory="1K"),
                          "buffer_memory='1K' in -o: use a size of at least 1M, e.g. 192M"),
     "settle-negative": (opt(settle="-1"), "settle='-1' in -o: give seconds, e.g. settle=1.5"),
+    "buffer-idle-soon": (opt(buffer_idle="soon"),
+                         "buffer_idle='soon' in -o: give seconds, e.g. buffer_idle=1.5"),
     "max-attempts-0": (opt(max_attempts="0"),
                        "max_attempts='0' in -o: use a number from 1 to 64"),
     "stall-seconds-0": (opt(stall_seconds="0"),

@@ -337,6 +337,44 @@ def test_mount_readies_the_part_buffers_of_one_upload(mount, tmp_path):
     assert getfattr(m.completed(name)).get("user.mgmt.checksum") == f"sha256:{sha256(data)}"
 
 
+def test_idle_mount_gives_its_part_buffers_back(mount, tmp_path):
+    """After buffer_idle seconds without an upload the daemon gives its part buffers back
+    to the system (an idle mount held 80 MiB of them for good at the defaults); the next
+    multipart upload makes them again and goes up whole, and they go back after it."""
+    opts = {"compression": "none", "part_size": "4M", "parts_in_flight": 3}
+    pool_kib = 4 * 4 * 1024
+    # AddressSanitizer keeps what is freed in quarantine; without one it unmaps at once
+    asan = os.environ.get("ASAN_OPTIONS", "detect_leaks=0:abort_on_error=0")
+    env = {"ASAN_OPTIONS": asan + ":quarantine_size_mb=0"}
+    held = mount(dict(opts, hold=True), env)
+    m = mount(dict(opts, buffer_idle=1, debug=True), env)
+
+    def given_back(what, below):
+        deadline = time.monotonic() + 20
+        while vm_kib(m.proc.pid) > below:
+            assert time.monotonic() < deadline, (
+                f"{what}: the mount's RSS is {vm_kib(m.proc.pid)} KiB, not below {below} "
+                f"(a held mount's: {vm_kib(held.proc.pid)} KiB): the part buffers were "
+                "not given back")
+            time.sleep(0.05)
+
+    given_back("after the mount", vm_kib(held.proc.pid) + pool_kib // 4)
+    name, data = "after-idle.bin", mixed(10 * MIB + 4321, seed=13)
+    m.drop(write_source(tmp_path, name, data, MODE, MTIME))
+    m.wait_completed(name)
+    busy_kib = vm_kib(m.proc.pid)  # buffer_idle (1 s) has not run out yet
+    key = f"{m.prefix}/{name}"
+    blob = m.client.get_object(m.bucket, key)
+    assert blob == data
+    assert m.client.head_object(m.bucket, key)["etag"].strip('"') == multipart_etag(blob, 4 * MIB)
+    assert getfattr(m.completed(name)).get("user.mgmt.checksum") == f"sha256:{sha256(data)}"
+    given_back("after the upload", busy_kib - pool_kib * 3 // 4)
+    assert m.stop() == []
+    assert re.findall(r"no upload for 1 s: (\d+) \+ 0 buffers", m.log()) == ["4", "4"]
+    # the mount's 4, then the upload's 4 made again
+    assert re.findall(rf"part buffers of {4 * MIB} bytes: (\d+) made", m.log()) == ["8"]
+
+
 def test_multipart_upload_holds_at_most_its_part_buffers(mount, tmp_path):
     """A multipart upload holds parts_in_flight + 1 part buffers at most: the reader
     takes the next buffer only once a sender has put its own back.  A sender that
