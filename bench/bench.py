@@ -605,17 +605,22 @@ class Table:
     def floor(self, ra, rb):
         """For a missed time target of a / b: the least time the CPU work of
         mgmtfs's runs (client and server together) needs on this machine's
-        cores, and the best ratio that would give, which no scheduling beats."""
+        cores, and the best ratio that would give, which no scheduling beats.
+        The upload starts when `cp` closes the file (the SPEC), so `cp` runs on
+        one core alone first (it copies all the while) and the rest of the work
+        has all the cores."""
         m = ra if ra.mgmtfs else rb if rb.mgmtfs else None
         if self.unit != "s" or m is None or not m.cpu:
             return ""
         work = statistics.median(c + sv for c, sv in m.cpu)
         n = os.cpu_count() or 1
-        least = work / n
+        cp = min(statistics.median(m.cp), work) if m.cp else 0.0
+        least = cp + (work - cp) / n
         best = least / rb.med if m is ra else ra.med / least
-        return (f" (mgmtfs's runs took {work:.1f} CPU-s, client and server; on {n} cores "
-                f"that work needs {least:.2f} s at least: the ratio could be {best:.2f} "
-                "at best)")
+        alone = f", `cp`'s {cp:.2f} s on one core first" if cp else ""
+        return (f" (mgmtfs's runs took {work:.1f} CPU-s, client and server; on {n} cores"
+                f"{alone}, that work needs {least:.2f} s at least: the ratio could be "
+                f"{best:.2f} at best)")
 
 
 def fmt(v, unit, with_unit=True):
