@@ -33,7 +33,7 @@ BLOCK = 4096
 # ahead of what goes out, so some parts have gone up when the read fails;
 # part 11 goes up only once part 12 has been read (its MD5 is finished then).
 BAD_AT = SIZE - BLOCK
-LAST_PART = 12
+BAD_PART = 12
 IMAGE_SIZE = 256 << 20
 
 
@@ -174,7 +174,7 @@ def test_local_read_error_fails_the_unit(eio_fs, fault_proxy, mount, tmp_path, p
         # the failure came after part 1 went up: the upload was really there, and aborted
         assert len(lg.find("POST", r"\?uploads=$", 200)) == 1
         assert lg.find("PUT", r"\?partNumber=1&", 200), "part 1 was never sent"
-        for n in (LAST_PART - 1, LAST_PART):
+        for n in (BAD_PART - 1, BAD_PART):
             assert lg.find("PUT", rf"\?partNumber={n}&") == [], f"part {n} was sent"
         assert len(lg.find("DELETE", r"\?uploadId=", 204)) == 1, "the upload was not aborted"
 
