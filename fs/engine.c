@@ -813,19 +813,14 @@ static int pool_init(struct buf_pool *p, size_t size, int max)
 /* Free the buffers @p keeps; returns how many. */
 static int pool_drain(struct buf_pool *p)
 {
-	unsigned char *b[64];
-	int n = 0, all = 0;
+	int n;
 
-	do {
-		pthread_mutex_lock(&p->lock);
-		for (n = 0; p->n && n < (int)(sizeof(b) / sizeof(b[0])); n++)
-			b[n] = p->bufs[--p->n];
-		pthread_mutex_unlock(&p->lock);
-		for (int i = 0; i < n; i++)
-			free(b[i]);	/* not under the lock: a munmap each */
-		all += n;
-	} while (n);
-	return all;
+	pthread_mutex_lock(&p->lock);	/* held while freeing: it runs when nothing uploads */
+	n = p->n;
+	while (p->n)
+		free(p->bufs[--p->n]);
+	pthread_mutex_unlock(&p->lock);
+	return n;
 }
 
 static void pool_free(struct buf_pool *p)

@@ -300,6 +300,16 @@ def test_300mib_multipart(mount, tmp_path):
     assert m.client.list_objects(m.bucket, m.prefix + "/") == [key]
 
 
+def assert_whole_uncompressed(m, name, data, part_size):
+    """completed/@name went up as @data itself, in parts of @part_size."""
+    key = f"{m.prefix}/{name}"
+    blob = m.client.get_object(m.bucket, key)
+    assert blob == data
+    assert m.client.head_object(m.bucket, key)["etag"].strip('"') == \
+        multipart_etag(blob, part_size)
+    assert getfattr(m.completed(name)).get("user.mgmt.checksum") == f"sha256:{sha256(data)}"
+
+
 def vm_kib(pid, field="VmRSS"):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -330,11 +340,7 @@ def test_mount_readies_the_part_buffers_of_one_upload(mount, tmp_path):
     src = write_source(tmp_path, name, data, MODE, MTIME)
     m.drop(src)
     m.wait_completed(name)
-    key = f"{m.prefix}/{name}"
-    blob = m.client.get_object(m.bucket, key)
-    assert blob == data
-    assert m.client.head_object(m.bucket, key)["etag"].strip('"') == multipart_etag(blob, 4 * MIB)
-    assert getfattr(m.completed(name)).get("user.mgmt.checksum") == f"sha256:{sha256(data)}"
+    assert_whole_uncompressed(m, name, data, 4 * MIB)
 
 
 def test_idle_mount_gives_its_part_buffers_back(mount, tmp_path):
@@ -364,11 +370,7 @@ def test_idle_mount_gives_its_part_buffers_back(mount, tmp_path):
     m.drop(write_source(tmp_path, name, data, MODE, MTIME))
     m.wait_completed(name)
     busy_kib = vm_kib(m.proc.pid)  # buffer_idle (2 s) has not run out yet
-    key = f"{m.prefix}/{name}"
-    blob = m.client.get_object(m.bucket, key)
-    assert blob == data
-    assert m.client.head_object(m.bucket, key)["etag"].strip('"') == multipart_etag(blob, 4 * MIB)
-    assert getfattr(m.completed(name)).get("user.mgmt.checksum") == f"sha256:{sha256(data)}"
+    assert_whole_uncompressed(m, name, data, 4 * MIB)
     given_back("after the upload", 2, busy_kib - pool_kib * 3 // 4)
     assert m.stop() == []
     assert re.findall(r"no upload for 2 s: (\d+) \+ 0 buffers", m.log()) == ["4", "4"]
