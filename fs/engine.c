@@ -1106,10 +1106,12 @@ static size_t part_size_for(const struct mgmtfs_config *cfg, uint64_t size)
 	return s3_part_size(size + size / 64 + (1u << 20), cfg->part_size);
 }
 
-static void put_meta(struct s3_meta *m, size_t *n, const char *name, const char *value)
+/* @ident: the value tells this record's content (s3_object_is, where ETags are no MD5s) */
+static void put_meta(struct s3_meta *m, size_t *n, const char *name, const char *value, int ident)
 {
 	m[*n].name = name;
 	m[*n].value = value;
+	m[*n].ident = ident;
 	(*n)++;
 }
 
@@ -1264,20 +1266,21 @@ static int duplicate_ahead(struct engine *e, struct s3_client *c, struct unit *u
  * would leave it in the bucket, named by nothing.  1 if it is there.
  */
 static int stored_before(struct engine *e, struct s3_client *c, const char *name,
-			 const struct result *r, size_t len, const unsigned char md5[16])
+			 const struct result *r, size_t len, const unsigned char md5[16],
+			 const struct s3_meta *meta, size_t nmeta)
 {
 	struct s3_object_info info;
 	char key[STORE_KEY_MAX], hex[33];
+	int rc;
 
 	if (!r->interrupted)
 		return 0;
 	digest_hex(md5, 16, hex);
 	for (unsigned i = 0; i < MAX_NAME_TRIES; i++) {
 		object_key(e, name, i, r->fmt, key, sizeof(key));
-		if (s3_head_object(c, key, &info))
-			return 0;	/* a free key (or none to tell): the try stored nothing past it */
-		if (info.size == len && !strcasecmp(info.etag, hex))
-			return 1;
+		rc = s3_object_is(c, key, len, hex, meta, nmeta, 0, &info);
+		if (rc)
+			return rc == 1;	/* or a free key (or none to tell): stored nothing past it */
 	}
 	return 0;
 }
@@ -1579,10 +1582,11 @@ static int upload_multi(struct engine *e, struct s3_client *c, struct unit *u,
 		}
 	}
 	if (j.dry) {
-		rc = s3_head_object(c, r->key, &info);
+		rc = s3_object_is(c, r->key, total, want, meta, nmeta, 0, &info);
 		r->upload_id[0] = '\0';
 		r->resumable = 0;
-		if (rc == 0 && info.size == total && !strcmp(info.etag, want)) {
+		if (rc == 1) {
+			rc = 0;
 			mgmtfs_info("'pending/%s' was uploaded completely before the restart", name);
 			snprintf(r->etag, sizeof(r->etag), "%s", info.etag);
 			r->made = 1;	/* the ETag of our parts */
@@ -1625,7 +1629,8 @@ static int upload_multi(struct engine *e, struct s3_client *c, struct unit *u,
 		snprintf(r->error, sizeof(r->error), "%s", s3_client_error(c));
 		goto out;
 	}
-	if (info.size != total || strcmp(info.etag, want)) {
+	/* SSE-KMS, SSE-C: no MD5 to compare, but the server checked each part's */
+	if (info.size != total || (!info.etag_opaque && strcmp(info.etag, want))) {
 		rc = -EBADMSG;
 		snprintf(r->error, sizeof(r->error),
 			 "the object '%s' on the server does not match what was sent "
@@ -1778,25 +1783,25 @@ static int upload_unit(struct engine *e, struct s3_client *c, struct unit *u,
 	atomic_store(&u->done, arc_stream_bytes_in(as));
 	snprintf(size_s, sizeof(size_s), "%llu", (unsigned long long)total);
 	store_format_time(rec->started_at ? rec->started_at : fs_now(), time_s, sizeof(time_s));
-	put_meta(meta, &nmeta, "mgmt-original-path", rec->original_path);
-	put_meta(meta, &nmeta, "mgmt-original-size", size_s);
-	put_meta(meta, &nmeta, "mgmt-compression", arc_format_name(r->fmt));
-	put_meta(meta, &nmeta, "mgmt-started-at", time_s);
+	put_meta(meta, &nmeta, "mgmt-original-path", rec->original_path, 0);
+	put_meta(meta, &nmeta, "mgmt-original-size", size_s, 1);
+	put_meta(meta, &nmeta, "mgmt-compression", arc_format_name(r->fmt), 1);
+	put_meta(meta, &nmeta, "mgmt-started-at", time_s, 0);	/* each try's own */
 	/* tells this upload's object from an earlier copy of the same bytes */
 	snprintf(id_s, sizeof(id_s), "%llu", (unsigned long long)rec->id);
-	put_meta(meta, &nmeta, "mgmt-record-id", id_s);
+	put_meta(meta, &nmeta, "mgmt-record-id", id_s, 1);
 	if (!more) {
 		/* the whole stream fits in one part: its checksum is known before the PUT */
 		arc_stream_sha256(as, sha);
 		snprintf(r->checksum, sizeof(r->checksum), "sha256:%s", sha);
-		put_meta(meta, &nmeta, "mgmt-sha256", sha);
+		put_meta(meta, &nmeta, "mgmt-sha256", sha, 1);
 		r->in = arc_stream_bytes_in(as);
 		r->out = (uint64_t)n;
 		rc = check_unchanged(u, fd, &st);
 		if (rc)
 			goto out;
 		digest_lanes_take_cur(&ph.lanes, (size_t)n, md5);
-		if (!u->upload_again && !stored_before(e, c, name, r, (size_t)n, md5) &&
+		if (!u->upload_again && !stored_before(e, c, name, r, (size_t)n, md5, meta, nmeta) &&
 		    find_duplicate(e, c, u->id, r->checksum, r))
 			goto out;
 		rc = upload_single(e, c, u, name, buf, (size_t)n, md5, psha, meta, nmeta, r);

@@ -132,6 +132,7 @@ struct s3_resp {
 	long status;
 	char reason[64];
 	char etag[S3_ETAG_MAX];
+	int etag_opaque; /* the ETag is no MD5: the answer says SSE-KMS or SSE-C */
 	uint64_t content_length;
 	int have_length;
 	int64_t last_modified; /* Last-Modified, unix seconds; 0 if none */
@@ -418,6 +419,7 @@ static void resp_forget(struct s3_resp *rs)
 {
 	rs->status = 0;
 	rs->etag[0] = '\0';
+	rs->etag_opaque = 0;
 	rs->reason[0] = '\0';
 	rs->code[0] = '\0';
 	rs->message[0] = '\0';
@@ -579,6 +581,12 @@ static size_t on_header(char *buf, size_t size, size_t nitems, void *arg)
 		etag_clean(v, (size_t)(e - v), rs->etag);
 		if (at->rq->sink && rs->status >= 200 && rs->status < 300 && !rs->first_etag[0])
 			memcpy(rs->first_etag, rs->etag, sizeof(rs->first_etag));
+	} else if (nl == 28 && strncasecmp(buf, "x-amz-server-side-encryption", 28) == 0) {
+		/* "aws:kms", "aws:kms:dsse": S3 makes no MD5 its ETag (AES256 does) */
+		rs->etag_opaque |= e - v >= 7 && strncasecmp(v, "aws:kms", 7) == 0;
+	} else if (nl == 47 &&
+		   strncasecmp(buf, "x-amz-server-side-encryption-customer-algorithm", 47) == 0) {
+		rs->etag_opaque = 1;	/* SSE-C */
 	} else if (nl == 14 && strncasecmp(buf, "content-length", 14) == 0) {
 		uint64_t n = 0;
 
@@ -1591,6 +1599,7 @@ int s3_head_object_meta(struct s3_client *c, const char *key, struct s3_object_i
 	if (!rc) {
 		out->size = op.rs.content_length;
 		out->mtime = op.rs.last_modified;
+		out->etag_opaque = op.rs.etag_opaque;
 	}
 	for (size_t at = 0; !rc && cb && op.rs.meta.p && at < op.rs.meta.len;) {
 		char *name = op.rs.meta.p + at, *value = name + strlen(name) + 1;
@@ -1610,7 +1619,8 @@ static int check_etag(struct s3_client *c, const struct s3_req *rq, struct s3_re
 {
 	char k[S3_ESC_MAX], e[S3_ESC_MAX];
 
-	if (strcasecmp(rs->etag, rq->md5_hex) == 0)
+	/* SSE-KMS, SSE-C: the server checked Content-MD5, but its ETag is no MD5 */
+	if (rs->etag_opaque || strcasecmp(rs->etag, rq->md5_hex) == 0)
 		return 0;
 	v->rc = -EBADMSG;
 	v->retry = 1;
@@ -1644,7 +1654,7 @@ static int check_etag_new(struct s3_client *c, const struct s3_req *rq, struct s
 
 struct meta_match {
 	const struct s3_meta *meta;
-	size_t nmeta, same;
+	size_t nmeta, same, ident;	/* of @meta, those there; of those, the ident ones */
 };
 
 static int meta_match_cb(const char *name, const char *value, void *arg)
@@ -1652,9 +1662,31 @@ static int meta_match_cb(const char *name, const char *value, void *arg)
 	struct meta_match *mm = arg;
 
 	for (size_t i = 0; i < mm->nmeta; i++)
-		if (!strcmp(mm->meta[i].name, name) && !strcmp(mm->meta[i].value, value))
+		if (!strcmp(mm->meta[i].name, name) && !strcmp(mm->meta[i].value, value)) {
 			mm->same++;
+			mm->ident += mm->meta[i].ident != 0;
+		}
 	return 0;
+}
+
+int s3_object_is(struct s3_client *c, const char *key, uint64_t size, const char *etag,
+		 const struct s3_meta *meta, size_t nmeta, int all_meta,
+		 struct s3_object_info *info)
+{
+	struct meta_match mm = { meta, nmeta, 0, 0 };
+	size_t ident = 0;
+	int rc = s3_head_object_meta(c, key, info, meta_match_cb, &mm);
+
+	if (rc)
+		return rc;
+	if (info->size != size)
+		return 0;
+	if (info->etag_opaque) {
+		for (size_t i = 0; i < nmeta; i++)
+			ident += meta[i].ident != 0;
+		return ident && mm.ident == ident;
+	}
+	return etag[0] && !strcasecmp(info->etag, etag) && (!all_meta || mm.same == nmeta);
 }
 
 /*
@@ -1663,29 +1695,27 @@ static int meta_match_cb(const char *name, const char *value, void *arg)
  * came: an earlier attempt of this call (a reset after the body went out),
  * or an earlier call whose process was killed, unmounted or gave up while
  * it waited.  Nothing here remembers those, so every 412 is checked with a
- * HEAD: an object with our MD5 as its ETag and our size is this upload (or
- * the same bytes), and the PUT succeeded, its ETag in @etag_out.  Anything
- * else there is not ours: -EEXIST, with the 412's text, and the caller
- * takes another name.  @copy (a second copy asked for): the same bytes are
- * the first copy unless the object also carries all of our @meta.  A HEAD
- * that cannot tell returns its own error, so a 412 is never taken for a
- * taken key unseen.
+ * HEAD: an object with our MD5 as its ETag and our size (s3_object_is) is
+ * this upload (or the same bytes), and the PUT succeeded, its ETag in
+ * @etag_out.  Anything else there is not ours: -EEXIST, with the 412's
+ * text, and the caller takes another name.  @copy (a second copy asked
+ * for): the same bytes are the first copy unless the object also carries
+ * all of our @meta.  A HEAD that cannot tell returns its own error, so a
+ * 412 is never taken for a taken key unseen.
  */
 static int put_taken(struct s3_client *c, const struct s3_req *rq, const struct s3_meta *meta,
 		     size_t nmeta, int copy, char *etag_out)
 {
-	struct meta_match mm = { meta, nmeta, 0 };
 	struct s3_object_info oi;
 	char saved[S3_ERROR_MAX], k[S3_ESC_MAX];
 	int rc;
 
 	memcpy(saved, c->err, sizeof(saved));
-	rc = s3_head_object_meta(c, rq->key, &oi, meta_match_cb, &mm);
-	if (rc == 0 && oi.size == rq->len && strcasecmp(oi.etag, rq->md5_hex) == 0 &&
-	    (!copy || mm.same == nmeta)) {
-		mgmtfs_info("s3: PUT '%s': 412, but the object there has our MD5 and size: "
+	rc = s3_object_is(c, rq->key, rq->len, rq->md5_hex, meta, nmeta, copy, &oi);
+	if (rc == 1) {
+		mgmtfs_info("s3: PUT '%s': 412, but the object there has our %s and size: "
 			    "it is this upload, done",
-			    esc(rq->key, k, sizeof(k)));
+			    esc(rq->key, k, sizeof(k)), oi.etag_opaque ? "metadata" : "MD5");
 		memcpy(etag_out, oi.etag, S3_ETAG_MAX);
 		return 0;
 	}

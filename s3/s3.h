@@ -66,6 +66,7 @@ struct s3_client;
 struct s3_meta {
 	const char *name;	/* lowercase, e.g. "mgmt-sha256" */
 	const char *value;	/* printable ASCII; anything else is percent-encoded */
+	int ident;		/* names this content from this sender (s3_object_is) */
 };
 
 struct s3_part {
@@ -78,6 +79,7 @@ struct s3_object_info {
 	uint64_t size;
 	char etag[S3_ETAG_MAX];	/* without quotes */
 	int64_t mtime;		/* Last-Modified, unix seconds; 0 if not known */
+	int etag_opaque;	/* HEAD: the ETag is no MD5 (SSE-KMS, SSE-C) */
 };
 
 /*
@@ -148,6 +150,17 @@ int s3_head_object(struct s3_client *c, const char *key, struct s3_object_info *
  */
 int s3_head_object_meta(struct s3_client *c, const char *key, struct s3_object_info *out,
 			int (*cb)(const char *name, const char *value, void *arg), void *arg);
+/*
+ * Is @key an object we sent: @size bytes with ETag @etag (the MD5 we sent,
+ * or the multipart ETag of our parts; "" if not known), carrying every one
+ * of @meta too when @all_meta?  Where the ETag is no MD5 (SSE-KMS, SSE-C:
+ * @info->etag_opaque) it cannot tell, and every @meta marked ident must be
+ * there instead (there must be one).  1 yes, 0 another object, or the
+ * HEAD's -errno (-ENOENT: no object).  @info gets the HEAD's answer.
+ */
+int s3_object_is(struct s3_client *c, const char *key, uint64_t size, const char *etag,
+		 const struct s3_meta *meta, size_t nmeta, int all_meta,
+		 struct s3_object_info *info);
 
 /*
  * List the objects whose keys start with @prefix (ListObjectsV2, every

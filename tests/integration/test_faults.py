@@ -17,8 +17,8 @@ import zlib
 
 import pytest
 
-from fault_tools import (MODE, MTIME, MULTI_SIZE, WAIT, assert_uploaded_once, crash, data_of,
-                         fault_proxy, proxied, restart, uploads_under, write_file,
+from fault_tools import (KMS, MODE, MTIME, MULTI_SIZE, WAIT, assert_uploaded_once, crash,
+                         data_of, fault_proxy, proxied, restart, uploads_under, write_file,
                          write_until_error)
 from helpers import check_archive, get_status, get_xattr, wait_status
 
@@ -193,6 +193,50 @@ def test_lost_answer_of_single_put_is_not_uploaded_twice(fault_proxy, mount, tmp
 
     puts = [e[5] for e in fault_proxy.log().find("PUT", r"^/" + re.escape(m.bucket) + "/")]
     assert puts[1:] == ["412"], f"PUTs after the lost answer: {puts}"
+    assert_uploaded_once(m, name, data, tmp_path / "check")
+
+
+@pytest.mark.parametrize("size", [SMALL, MULTI_SIZE], ids=["one-put", "multipart"])
+def test_sse_kms_etags_are_not_md5s(fault_proxy, mount, tmp_path, size):
+    """A bucket that encrypts with SSE-KMS gives ETags that are no MD5s, and
+    says so (x-amz-server-side-encryption: aws:kms).  The upload is done, once,
+    not failed as damaged: the server checked every body's Content-MD5, and
+    the object's size is checked."""
+    m = mount(proxied(fault_proxy))
+    fault_proxy.set_rules([KMS])
+    name = "secret.bin"
+    data = data_of(size, 31)
+    write_file(m.pending(name), data)
+    m.wait_completed(name)
+    key = "^" + re.escape(f"/{m.bucket}/{m.key(name)}") + "$"
+    # the answer that was checked: the PUT's, or the HEAD's after the complete
+    checked = fault_proxy.log().find("PUT" if size == SMALL else "HEAD", key, 200)
+    assert checked and all(e[2] == "kms-etag" for e in checked), checked
+    assert_uploaded_once(m, name, data, tmp_path / "check")
+    assert "ETag" not in m.log()
+
+
+def test_lost_answer_of_single_put_under_sse_kms(fault_proxy, mount, tmp_path):
+    """The lost answer of a single PUT, as in
+    test_lost_answer_of_single_put_is_not_uploaded_twice, in an SSE-KMS
+    bucket: the ETag of the object that the retry's PUT meets (412) cannot
+    say it is ours; its record id, size and sha256 (x-amz-meta-mgmt-*) do."""
+    m = mount(proxied(fault_proxy, max_attempts=1))
+    name = "media.bin"
+    fault_proxy.set_rules([{"fault": "drop-response", "match": single_put_line(m, name),
+                            "first": 1}, KMS])
+    data = data_of(SMALL, 22)
+    write_file(m.pending(name), data)
+    wait_status(m.pending(name), "failed")
+    p = m.cli("retry", str(m.pending(name)))
+    assert p.returncode == 0, diagnose(m, p, name)
+    m.wait_completed(name)
+
+    lg = fault_proxy.log()
+    puts = [e[5] for e in lg.find("PUT", single_put(m, name))]
+    assert puts == ["200+RST", "412"], f"PUTs: {puts}"
+    heads = lg.find("HEAD", single_put(m, name), 200)
+    assert heads and heads[-1][2] == "kms-etag", heads
     assert_uploaded_once(m, name, data, tmp_path / "check")
 
 

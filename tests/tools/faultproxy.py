@@ -29,6 +29,11 @@ signatures made for the proxy's address still verify at the server.
                                          acted, before the client knew)
                      reply:CODE          answer CODE with an empty body, never
                                          forwarding (e.g. reply:200 on a HEAD)
+                     kms-etag            forward, then answer as S3 does for an
+                                         SSE-KMS bucket: a 2xx with an ETag gets
+                                         x-amz-server-side-encryption: aws:kms and
+                                         an ETag that is no MD5 (each hex digit d
+                                         made 15-d: the same object, the same ETag)
                      none                pass (a rule that only counts)
   --match REGEX      only requests whose request line ("PUT /b/k?x HTTP/1.1")
                      matches count as candidates (default: all)
@@ -258,6 +263,21 @@ def relay_body(src, dst, rest, h, limit=None, no_body=False, request=True):
         return None, False
 
 
+def kms_etag(head):
+    """A response head as an SSE-KMS bucket gives it (see --fault kms-etag)."""
+    lines = head.split(b"\r\n")
+    for i, ln in enumerate(lines[1:], 1):
+        name, sep, value = ln.partition(b":")
+        if sep and name.strip().lower() == b"etag":
+            tag = value.strip().strip(b'"').decode("latin-1")
+            flip = "".join("%x" % (15 - int(ch, 16)) if ch in "0123456789abcdefABCDEF" else ch
+                           for ch in tag)
+            lines[i] = b'ETag: "' + flip.encode("latin-1") + b'"'
+            lines.insert(1, b"x-amz-server-side-encryption: aws:kms")
+            break
+    return b"\r\n".join(lines)
+
+
 def rst(sock):
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -428,6 +448,8 @@ def handle(a, cli):
                 rst(cli)
                 cli = None
                 return
+            if kind == "kms-etag" and code < 300:
+                uh = kms_etag(uh)
             cli.sendall(uh + b"\r\n\r\n")
             _, until_close = relay_body(up, cli, urest, uhd, request=False, no_body=no_body)
             log(a, n, rule_s, fault_s, text, code)

@@ -597,7 +597,7 @@ static void test_if_none_match_412_first(void **state)
 		{ CURLE_OK, 200, "ETag: \"" MD5_HELLO "\"\nContent-Length: 5\n"
 				 "x-amz-meta-mgmt-record-id: 7\n", NULL, 0, 0 },
 	};
-	const struct s3_meta id7 = { "mgmt-record-id", "7" };
+	const struct s3_meta id7 = { "mgmt-record-id", "7", 1 };
 	char etag[S3_ETAG_MAX] = "";
 
 	script(r, 14);
@@ -656,6 +656,61 @@ static void test_if_none_match_etag_mismatch(void **state)
 	assert_string_equal(etag, MD5_HELLO);
 }
 
+/*
+ * SSE-KMS and SSE-C objects have ETags that are no MD5s, and the answer
+ * says so (x-amz-server-side-encryption: aws:kms, or the SSE-C algorithm
+ * header): the server checked Content-MD5, so the PUT is done.  SSE-S3
+ * (AES256) ETags are MD5s and are still compared.  A 412 is then ours only
+ * by the metadata marked ident: the ETag cannot tell.
+ */
+static void test_sse_kms_etag_is_not_an_md5(void **state)
+{
+	struct s3_client *c = *state;
+	const struct mresp r[] = {
+		{ CURLE_OK, 200, "ETag: \"deadbeef\"\nx-amz-server-side-encryption: aws:kms\n",
+		  NULL, 0, 0 },
+		{ CURLE_OK, 200, "ETag: \"cafe\"\n"
+				 "x-amz-server-side-encryption-customer-algorithm: AES256\n", NULL, 0, 0 },
+		{ CURLE_OK, 200, "ETag: \"deadbeef\"\nx-amz-server-side-encryption: AES256\n",
+		  NULL, 0, 0 },
+		/* a 412, and the object there has our ident metadata and size */
+		{ CURLE_OK, 412, NULL, ERRBODY("PreconditionFailed", "x"), 0, 0 },
+		{ CURLE_OK, 200, "ETag: \"beef\"\nContent-Length: 5\n"
+				 "x-amz-server-side-encryption: aws:kms:dsse\n"
+				 "x-amz-meta-mgmt-record-id: 7\nx-amz-meta-mgmt-started-at: 1\n",
+		  NULL, 0, 0 },
+		/* another record's object: taken */
+		{ CURLE_OK, 412, NULL, ERRBODY("PreconditionFailed", "x"), 0, 0 },
+		{ CURLE_OK, 200, "ETag: \"beef\"\nContent-Length: 5\n"
+				 "x-amz-server-side-encryption: aws:kms\nx-amz-meta-mgmt-record-id: 6\n",
+		  NULL, 0, 0 },
+		/* nothing ident to compare: taken, never guessed ours */
+		{ CURLE_OK, 412, NULL, ERRBODY("PreconditionFailed", "x"), 0, 0 },
+		{ CURLE_OK, 200, "ETag: \"beef\"\nContent-Length: 5\n"
+				 "x-amz-server-side-encryption: aws:kms\nx-amz-meta-mgmt-record-id: 7\n",
+		  NULL, 0, 0 },
+	};
+	const struct s3_meta meta[2] = { { "mgmt-record-id", "7", 1 },
+					 { "mgmt-started-at", "2", 0 } };
+	char etag[S3_ETAG_MAX] = "";
+
+	script(r, 9);
+	assert_int_equal(s3_put_object(c, "k", "hello", 5, NULL, NULL, 1, NULL, 0, etag), 0);
+	assert_string_equal(etag, "deadbeef");
+	assert_int_equal(s3_put_object(c, "k", "hello", 5, NULL, NULL, 1, NULL, 0, etag), 0);
+	assert_string_equal(etag, "cafe");
+	assert_int_equal(s3_put_object(c, "k", "hello", 5, NULL, NULL, 1, NULL, 0, etag), -EBADMSG);
+	assert_int_equal(mk.calls, 3);
+
+	assert_int_equal(s3_put_object(c, "k", "hello", 5, NULL, NULL, 1, meta, 2, etag), 0);
+	assert_string_equal(etag, "beef");
+	assert_int_equal(mk.calls, 5);
+	assert_int_equal(s3_put_object(c, "k", "hello", 5, NULL, NULL, 1, meta, 2, etag), -EEXIST);
+	assert_int_equal(s3_put_object(c, "k", "hello", 5, NULL, NULL, 1, &meta[1], 1, etag),
+			 -EEXIST);
+	assert_int_equal(mk.calls, 9);
+}
+
 static void test_head_bucket_missing(void **state)
 {
 	struct s3_client *c = *state;
@@ -701,8 +756,8 @@ static void test_create_and_meta(void **state)
 		  "<UploadId>2~abc&amp;def</UploadId></InitiateMultipartUploadResult>",
 		  0, 0 },
 	};
-	const struct s3_meta meta[2] = { { "mgmt-path", "pending/50% é.txt" },
-					 { "mgmt-x", " a " } };
+	const struct s3_meta meta[2] = { { "mgmt-path", "pending/50% é.txt", 0 },
+					 { "mgmt-x", " a ", 0 } };
 	char id[S3_UPLOAD_ID_MAX];
 
 	script(r, 1);
@@ -1288,6 +1343,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_etag_mismatch, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_if_none_match, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_if_none_match_412_first, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_sse_kms_etag_is_not_an_md5, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_if_none_match_etag_mismatch, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_head_bucket_missing, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_abort_gone_is_ok, setup, teardown),
