@@ -64,6 +64,10 @@ static const char usage_text[] =
 	"  payload_signing=yes|no sign the sha256 of uploaded data, default yes;\n"
 	"                         no: UNSIGNED-PAYLOAD, Content-MD5 alone guards\n"
 	"                         it (less CPU on both sides; meant for https)\n"
+	"  sse=AES256|aws:kms|aws:kms:dsse   ask S3 to encrypt each object\n"
+	"                         (x-amz-server-side-encryption); default: as the\n"
+	"                         bucket does\n"
+	"  sse_kms_key_id=ID      the KMS key for sse=aws:kms (implies it)\n"
 	"  ignore=GLOB[:GLOB...]  names never uploaded (besides .*, *.part,\n"
 	"                         *.tmp, *~)\n"
 	"  max_attempts=N         tries per request, default 8\n"
@@ -225,7 +229,7 @@ static int apply(struct mgmtfs_config *cfg, const char *key, const char *val, co
 		"compression", "level", "part_size", "buffer_memory", "buffer_idle", "parts_in_flight",
 		"uploads", "threads",
 		"max_attempts", "retry_max_seconds", "stall_seconds", "endpoint", "region",
-		"addressing", "payload_signing", "ignore", NULL
+		"addressing", "payload_signing", "ignore", "sse", "sse_kms_key_id", NULL
 	};
 
 	for (int i = 0; with_value[i]; i++) {
@@ -328,6 +332,15 @@ static int apply(struct mgmtfs_config *cfg, const char *key, const char *val, co
 		else
 			return fail(err, errlen, "payload_signing='%s' in %s: use yes or no", val,
 				    src);
+	} else if (!strcmp(key, "sse")) {
+		if (strcmp(val, "AES256") && strcmp(val, "aws:kms") && strcmp(val, "aws:kms:dsse"))
+			return fail(err, errlen,
+				    "sse='%s' in %s: use AES256, aws:kms or aws:kms:dsse", val, src);
+		rc = set_str(&cfg->sse, val);
+	} else if (!strcmp(key, "sse_kms_key_id")) {
+		if (!*val || strpbrk(val, "\r\n"))
+			return fail(err, errlen, "sse_kms_key_id in %s: give a KMS key id or ARN", src);
+		rc = set_str(&cfg->sse_kms_key_id, val);
 	} else if (!strcmp(key, "ignore")) {
 		rc = set_ignore(cfg, val);
 	} else if (!strcmp(key, "hold")) {
@@ -704,6 +717,12 @@ int cfg_finish_s3(struct mgmtfs_config *cfg, char *err, size_t errlen)
 		return fail(err, errlen,
 			    "endpoint '%s' is not a URL: use http://HOST:PORT or https://HOST",
 			    cfg->endpoint);
+	if (cfg->sse_kms_key_id && !cfg->sse && set_str(&cfg->sse, "aws:kms"))
+		return -ENOMEM;
+	if (cfg->sse_kms_key_id && strncmp(cfg->sse, "aws:kms", 7))
+		return fail(err, errlen,
+			    "sse_kms_key_id is for sse=aws:kms (or aws:kms:dsse), not sse=%s",
+			    cfg->sse);
 	return load_credentials(cfg, err, errlen);
 }
 
@@ -731,6 +750,8 @@ void cfg_s3_config(const struct mgmtfs_config *cfg, struct s3_config *out)
 		.session_token = cfg->session_token,
 		.path_style = cfg->path_style,
 		.unsigned_payload = cfg->unsigned_payload,
+		.sse = cfg->sse,
+		.sse_kms_key_id = cfg->sse_kms_key_id,
 		.insecure = cfg->insecure,
 		.max_attempts = cfg->max_attempts,
 		.retry_max_seconds = cfg->retry_max_seconds,
@@ -749,6 +770,8 @@ void cfg_release(struct mgmtfs_config *cfg)
 	free(cfg->endpoint);
 	free(cfg->region);
 	free(cfg->access_key);
+	free(cfg->sse);
+	free(cfg->sse_kms_key_id);
 	wipe_str(&cfg->secret_key);
 	wipe_str(&cfg->session_token);
 	if (cfg->ignore) {

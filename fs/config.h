@@ -40,6 +40,8 @@ struct mgmtfs_config {
 	char *session_token;	/* owned, wiped at free, may be NULL */
 	int path_style;		/* -1 auto */
 	int unsigned_payload;	/* payload_signing=no */
+	char *sse;		/* owned: "AES256", "aws:kms", "aws:kms:dsse" or NULL */
+	char *sse_kms_key_id;	/* owned, NULL if none */
 	int insecure;
 	int max_attempts;
 	double retry_max_seconds;

@@ -79,6 +79,8 @@ struct s3_client {
 	char *bucket; /* owned */
 	char *access_key; /* owned; not a secret, shown in errors */
 	char *cainfo; /* owned: $AWS_CA_BUNDLE at creation, NULL if unset */
+	char *sse; /* owned: x-amz-server-side-encryption of new objects, NULL: none */
+	char *sse_kms_key_id; /* owned, NULL: none */
 	struct s3_secrets sec;
 	int https;
 	int insecure;
@@ -1257,6 +1259,12 @@ static int op_object_headers(struct s3_client *c, struct s3_op *op, int if_none_
 	rc = hdrset_add(&op->hs, "content-type", "application/octet-stream");
 	if (!rc && if_none_match)
 		rc = hdrset_add(&op->hs, "if-none-match", "*");
+	/* a new object (PUT, CreateMultipartUpload) is encrypted as asked; parts follow */
+	if (!rc && c->sse)
+		rc = hdrset_add(&op->hs, "x-amz-server-side-encryption", c->sse);
+	if (!rc && c->sse_kms_key_id)
+		rc = hdrset_add(&op->hs, "x-amz-server-side-encryption-aws-kms-key-id",
+				c->sse_kms_key_id);
 	if (!rc)
 		rc = hdrset_add_meta(&op->hs, meta, nmeta);
 	return rc ? fail_local(c, rc, "bad metadata") : 0;
@@ -1451,6 +1459,10 @@ int s3_client_new_err(const struct s3_config *cfg, struct s3_client **out, char 
 		rc = dup_str(cfg->secret_key, &c->sec.secret_key);
 	if (!rc && cfg->session_token && *cfg->session_token)
 		rc = dup_str(cfg->session_token, &c->sec.session_token);
+	if (!rc && cfg->sse && *cfg->sse)
+		rc = dup_str(cfg->sse, &c->sse);
+	if (!rc && cfg->sse_kms_key_id && *cfg->sse_kms_key_id)
+		rc = dup_str(cfg->sse_kms_key_id, &c->sse_kms_key_id);
 	ca = getenv("AWS_CA_BUNDLE");
 	if (!rc && ca && *ca)
 		rc = dup_str(ca, &c->cainfo);
@@ -1508,6 +1520,8 @@ void s3_client_free(struct s3_client *c)
 	free(c->region);
 	free(c->bucket);
 	free(c->access_key);
+	free(c->sse);
+	free(c->sse_kms_key_id);
 	free(c->cainfo);
 	OPENSSL_cleanse(c, sizeof(*c));
 	free(c);

@@ -53,6 +53,8 @@ struct s3_config {
 	int unsigned_payload;	  /* 1: object data (PUT, UploadPart) goes as UNSIGNED-PAYLOAD,
 				     guarded by Content-MD5 alone; 0 (default): its sha256 is
 				     signed (x-amz-content-sha256) as every other body's */
+	const char *sse;	  /* x-amz-server-side-encryption of new objects, NULL: none */
+	const char *sse_kms_key_id; /* its ...-aws-kms-key-id, NULL: none */
 	int max_attempts;	  /* per request, default 8 when 0 */
 	double retry_max_seconds; /* total time spent in backoff sleeps, default 120 when 0 */
 	double retry_base_seconds; /* first backoff cap, default 0.2 when 0 */

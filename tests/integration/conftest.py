@@ -65,7 +65,8 @@ def _server(env_file):
     return SimpleNamespace(
         endpoint=env["S3_ENDPOINT"], access_key=env["AWS_ACCESS_KEY_ID"],
         secret_key=env["AWS_SECRET_ACCESS_KEY"], region=env.get("AWS_REGION", "us-east-1"),
-        bucket=env["BUCKET"], client=S3Client.from_env_file(env_file))
+        bucket=env["BUCKET"], client=S3Client.from_env_file(env_file),
+        kms_key_id=env.get("KMS_KEY_ID") or None)  # SSE-KMS, if started with one
 
 
 @pytest.fixture(scope="session")
@@ -76,7 +77,8 @@ def s3(workdir):
         yield _server(Path(shared) / "env")
         return
     d = workdir / "s3"
-    env = dict(os.environ, PORT="0", MIN_PART_SIZE="1048576", BUCKET="mgmt-it", STORE_GIB="8")
+    env = dict(os.environ, PORT="0", MIN_PART_SIZE="1048576", BUCKET="mgmt-it", STORE_GIB="8",
+               KMS_KEY_ID="mgmtfs-test")
     p = subprocess.run([str(S3_SERVER), "start", str(d)], env=env, stdin=subprocess.DEVNULL,
                        capture_output=True, text=True, timeout=300)
     if p.returncode != 0:

@@ -113,3 +113,24 @@ def test_one_put_buffers_are_reused_intact(mount, tmp_path):
         blob = m.client.get_object(m.bucket, f"{m.prefix}/{name}")
         assert len(blob) == size and sha256(blob) == sha256(data), name
         assert getfattr(m.completed(name))["user.mgmt.checksum"] == "sha256:" + sha256(data)
+
+
+@pytest.mark.parametrize("size", [300 << 10, 5 * MIB + 77], ids=["one-put", "multipart"])
+def test_sse_kms_encrypts_the_object(mount, s3, tmp_path, size):
+    """sse_kms_key_id=ID: the object is stored encrypted with that KMS key (the
+    RGW's "testing" KMS backend), its bytes read back whole, and the answers,
+    which say aws:kms, are not taken for damage."""
+    if not s3.kms_key_id:
+        pytest.skip("this S3 server was started without KMS_KEY_ID")
+    name = "secret.bin"
+    data = os.urandom(size)
+    m = mount({"sse_kms_key_id": s3.kms_key_id, "part_size": "1M"})
+    m.drop(write_source(tmp_path, name, data, MODE, MTIME))
+    m.wait_completed(name)
+
+    h = m.client.head_object(m.bucket, m.key(name))
+    assert h.get("x-amz-server-side-encryption") == "aws:kms", h
+    assert h.get("x-amz-server-side-encryption-aws-kms-key-id") == s3.kms_key_id, h
+    check_archive(m.client.get_object(m.bucket, m.key(name)), name, data, MODE, MTIME,
+                  tmp_path / "check")
+    assert getfattr(m.completed(name))["user.mgmt.checksum"] == "sha256:" + sha256(data)

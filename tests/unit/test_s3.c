@@ -250,22 +250,28 @@ static void script_cancel(const struct mresp *r, int n, struct s3_client *c, ato
 /* ------------------------------------------------------------------ */
 /* fixtures */
 
+static void base_cfg(struct s3_config *cfg, const char *endpoint, int max_attempts,
+		     const char *token)
+{
+	memset(cfg, 0, sizeof(*cfg));
+	cfg->endpoint = endpoint;
+	cfg->bucket = "test";
+	cfg->access_key = "TESTKEY";
+	cfg->secret_key = SECRET;
+	cfg->session_token = token;
+	cfg->path_style = -1;
+	cfg->max_attempts = max_attempts;
+	cfg->retry_base_seconds = 0.001;
+	cfg->retry_max_seconds = 5;
+}
+
 static struct s3_client *client_signing(const char *endpoint, int max_attempts, const char *token,
 					int unsigned_payload)
 {
 	struct s3_config cfg;
 	struct s3_client *c = NULL;
 
-	memset(&cfg, 0, sizeof(cfg));
-	cfg.endpoint = endpoint;
-	cfg.bucket = "test";
-	cfg.access_key = "TESTKEY";
-	cfg.secret_key = SECRET;
-	cfg.session_token = token;
-	cfg.path_style = -1;
-	cfg.max_attempts = max_attempts;
-	cfg.retry_base_seconds = 0.001;
-	cfg.retry_max_seconds = 5;
+	base_cfg(&cfg, endpoint, max_attempts, token);
 	cfg.unsigned_payload = unsigned_payload;
 	assert_int_equal(s3_client_new(&cfg, &c), 0);
 	return c;
@@ -709,6 +715,45 @@ static void test_sse_kms_etag_is_not_an_md5(void **state)
 	assert_int_equal(s3_put_object(c, "k", "hello", 5, NULL, NULL, 1, &meta[1], 1, etag),
 			 -EEXIST);
 	assert_int_equal(mk.calls, 9);
+}
+
+/*
+ * sse=aws:kms with a key: a new object (PUT, CreateMultipartUpload) asks for
+ * it, signed like every x-amz-* header; a part does not (S3 refuses it there).
+ */
+static void test_sse_headers_on_new_objects(void **state)
+{
+	const struct mresp r[] = {
+		{ CURLE_OK, 200, "ETag: \"" MD5_HELLO "\"\nx-amz-server-side-encryption: aws:kms\n",
+		  NULL, 0, 0 },
+		{ CURLE_OK, 200, NULL,
+		  "<InitiateMultipartUploadResult><UploadId>u1</UploadId>"
+		  "</InitiateMultipartUploadResult>", 0, 0 },
+		{ CURLE_OK, 200, "ETag: \"" MD5_HELLO "\"\n", NULL, 0, 0 },
+	};
+	struct s3_config cfg;
+	struct s3_client *c = NULL;
+	char etag[S3_ETAG_MAX], id[S3_UPLOAD_ID_MAX];
+
+	(void)state;
+	base_cfg(&cfg, "http://127.0.0.1:7480", 1, NULL);
+	cfg.sse = "aws:kms";
+	cfg.sse_kms_key_id = "key-1";
+	assert_int_equal(s3_client_new(&cfg, &c), 0);
+	script(r, 3);
+	assert_int_equal(s3_put_object(c, "k", "hello", 5, NULL, NULL, 1, NULL, 0, etag), 0);
+	assert_int_equal(s3_mpu_create(c, "k", NULL, 0, id), 0);
+	assert_int_equal(s3_mpu_put_part(c, "k", id, 1, "hello", 5, NULL, NULL, etag), 0);
+	for (int i = 0; i < 2; i++) {
+		assert_non_null(strstr(mk.sent_headers[i], "x-amz-server-side-encryption: aws:kms\n"));
+		assert_non_null(strstr(mk.sent_headers[i],
+				       "x-amz-server-side-encryption-aws-kms-key-id: key-1\n"));
+		assert_non_null(strstr(mk.sent_headers[i],
+				       ";x-amz-server-side-encryption;"
+				       "x-amz-server-side-encryption-aws-kms-key-id,"));
+	}
+	assert_null(strstr(mk.sent_headers[2], "x-amz-server-side-encryption"));
+	s3_client_free(c);
 }
 
 static void test_head_bucket_missing(void **state)
@@ -1344,6 +1389,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_if_none_match, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_if_none_match_412_first, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_sse_kms_etag_is_not_an_md5, setup, teardown),
+		cmocka_unit_test(test_sse_headers_on_new_objects),
 		cmocka_unit_test_setup_teardown(test_if_none_match_etag_mismatch, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_head_bucket_missing, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_abort_gone_is_ok, setup, teardown),
