@@ -1610,7 +1610,7 @@ static int upload_multi(struct engine *e, struct s3_client *c, struct unit *u,
 		snprintf(r->error, sizeof(r->error), "%s", s3_client_error(c));
 		goto out;
 	}
-	rc = s3_mpu_complete(c, r->key, r->upload_id, j.parts, partno, r->etag);
+	rc = s3_mpu_complete(c, r->key, r->upload_id, j.parts, partno, meta, nmeta, r->etag);
 	/*
 	 * No answer that says it failed (lost, 5xx): the server may have made
 	 * the object.  The upload id stays in the record, so a retry looks

@@ -1290,18 +1290,20 @@ static int op_done(struct s3_op *op, int rc, char *etag_out)
 
 /*
  * A lost response (see put_taken()): the call failed, but an earlier
- * attempt of it may have done its work.  If @key is there with ETag @want,
- * it did: 1, that ETag in @etag_out and no error.  Otherwise 0 and c->err
- * as the call left it.
+ * attempt of it may have done its work.  If @key is there, @size bytes with
+ * ETag @want (or, where ETags are not MD5s, our @meta: s3_object_is), it
+ * did: 1, its ETag in @etag_out and no error.  Otherwise 0 and c->err as
+ * the call left it.
  */
-static int lost_response_done(struct s3_client *c, const char *key, const char *want,
+static int lost_response_done(struct s3_client *c, const char *key, uint64_t size,
+			      const char *want, const struct s3_meta *meta, size_t nmeta,
 			      char *etag_out)
 {
 	struct s3_object_info oi;
 	char saved[S3_ERROR_MAX];
 
 	memcpy(saved, c->err, sizeof(saved));
-	if (want[0] && s3_head_object(c, key, &oi) == 0 && strcasecmp(oi.etag, want) == 0) {
+	if (s3_object_is(c, key, size, want, meta, nmeta, 0, &oi) == 1) {
 		memcpy(etag_out, oi.etag, S3_ETAG_MAX);
 		c->err[0] = '\0';
 		return 1;
@@ -1936,9 +1938,11 @@ static int complete_xml(struct s3_client *c, const struct s3_part *parts, size_t
 }
 
 int s3_mpu_complete(struct s3_client *c, const char *key, const char *upload_id,
-		    const struct s3_part *parts, size_t n, char *etag_out)
+		    const struct s3_part *parts, size_t n, const struct s3_meta *meta,
+		    size_t nmeta, char *etag_out)
 {
 	char want[S3_ETAG_MAX];
+	uint64_t size = 0;
 	struct s3_buf xml;
 	struct s3_op op;
 	int rc;
@@ -1962,13 +1966,16 @@ int s3_mpu_complete(struct s3_client *c, const char *key, const char *upload_id,
 	 * A lost response again: if an earlier attempt completed the upload
 	 * and its answer was lost, the retry finds no such upload (404), or
 	 * every answer after it is lost too and the call gives up.  The object
-	 * is then there with the multipart ETag of our parts: HEAD it.  Were
-	 * the failure returned, the caller would abort the (gone) upload and
-	 * send the parts again under a new name.
+	 * is then there with the multipart ETag of our parts (or, under
+	 * SSE-KMS, our metadata): HEAD it.  Were the failure returned, the
+	 * caller would abort the (gone) upload and send the parts again under
+	 * a new name.
 	 */
 	if (rc && rc != -ECANCELED && op.rs.failed_before) {
 		expected_mpu_etag(parts, n, want);
-		if (lost_response_done(c, key, want, op.rs.etag))
+		for (size_t i = 0; i < n; i++)
+			size += parts[i].size;
+		if (lost_response_done(c, key, size, want, meta, nmeta, op.rs.etag))
 			rc = 0;
 	}
 	s3_buf_free(&xml);

@@ -217,10 +217,13 @@ int s3_mpu_put_part(struct s3_client *c, const char *key, const char *upload_id,
 /*
  * Complete with @n parts in part order.  Handles a 200 whose body is an
  * <Error> (retried).  *etag_out gets the ETag from the response, which may be
- * "" (RGW): callers HEAD the object to check it.
+ * "" (RGW): callers HEAD the object to check it.  @meta: what the upload was
+ * created with, which tells the object made by an attempt whose answer was
+ * lost where ETags are not MD5s (s3_object_is).
  */
 int s3_mpu_complete(struct s3_client *c, const char *key, const char *upload_id,
-		    const struct s3_part *parts, size_t n, char *etag_out);
+		    const struct s3_part *parts, size_t n, const struct s3_meta *meta,
+		    size_t nmeta, char *etag_out);
 
 /* Abort; 0 also when the upload is already gone (404 NoSuchUpload). */
 int s3_mpu_abort(struct s3_client *c, const char *key, const char *upload_id);

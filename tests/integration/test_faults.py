@@ -240,6 +240,29 @@ def test_lost_answer_of_single_put_under_sse_kms(fault_proxy, mount, tmp_path):
     assert_uploaded_once(m, name, data, tmp_path / "check")
 
 
+def test_lost_answers_of_complete_under_sse_kms(fault_proxy, mount, tmp_path):
+    """Every answer to the complete is lost in an SSE-KMS bucket, as in
+    test_lost_answers_of_complete_are_not_uploaded_twice.  The object there
+    has an ETag that is no MD5 of our parts: its record id, size and
+    compression (x-amz-meta-mgmt-*) say it is ours.  Done at the first
+    attempt, never failed, sent once."""
+    m = mount(proxied(fault_proxy, max_attempts=3))
+    name = "vault.bin"
+    fault_proxy.set_rules([{"fault": "drop-response", "match": r"POST .*\?uploadId="}, KMS])
+    data = data_of(MULTI_SIZE, 27)
+    write_file(m.pending(name), data)
+    m.wait_completed(name)
+
+    lg = fault_proxy.log()
+    completes = [e[5] for e in lg.find("POST", COMPLETE)]
+    assert len(completes) >= 3 and set(completes) == {"200+RST"}, completes
+    heads = lg.find("HEAD", single_put(m, name), 200)
+    assert heads and heads[-1][2] == "kms-etag", heads
+    assert get_xattr(m.completed(name), "user.mgmt.attempts") == "1", m.log()
+    assert not lg.find("POST", CREATE, 200)[1:], "uploaded again"
+    assert_uploaded_once(m, name, data, tmp_path / "check")
+
+
 def retried_once(fault_proxy, m, name, data, tmp_path, retry=True):
     """`mgmtfs retry` pending/@name (if @retry): it completes, and the
     multipart upload made at first is the only one there ever was."""

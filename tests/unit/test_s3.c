@@ -445,7 +445,7 @@ static void test_complete_200_error_retried(void **state)
 	char etag[S3_ETAG_MAX];
 
 	script(r, 2);
-	assert_int_equal(s3_mpu_complete(c, "k", "up-1", parts, 2, etag), 0);
+	assert_int_equal(s3_mpu_complete(c, "k", "up-1", parts, 2, NULL, 0, etag), 0);
 	assert_int_equal(mk.calls, 2);
 	assert_string_equal(etag, "3858f62230ac3c915f300c664312c11f-2");
 	assert_string_equal(mk.sent_url[1], "http://127.0.0.1:7480/test/k?uploadId=up-1");
@@ -469,7 +469,7 @@ static void test_complete_200_error_final(void **state)
 	char etag[S3_ETAG_MAX];
 
 	script(r, 1);
-	assert_int_equal(s3_mpu_complete(c, "k", "up-1", parts, 1, etag), -EINVAL);
+	assert_int_equal(s3_mpu_complete(c, "k", "up-1", parts, 1, NULL, 0, etag), -EINVAL);
 	assert_int_equal(mk.calls, 1);
 }
 
@@ -501,16 +501,51 @@ static void test_complete_lost_response(void **state)
 	s3_multipart_etag(md5s, 2, want);
 	snprintf(hdr, sizeof(hdr), "ETag: \"%s\"\nContent-Length: 10\n", want);
 	script(r, 11);
-	assert_int_equal(s3_mpu_complete(c, "k", "up-1", parts, 2, etag), 0);
+	assert_int_equal(s3_mpu_complete(c, "k", "up-1", parts, 2, NULL, 0, etag), 0);
 	assert_string_equal(etag, want);
 	assert_int_equal(mk.calls, 3);
 	assert_true(mk.nobody); /* the last one was the HEAD */
-	assert_int_equal(s3_mpu_complete(c, "k", "up-1", parts, 2, etag), 0);
+	assert_int_equal(s3_mpu_complete(c, "k", "up-1", parts, 2, NULL, 0, etag), 0);
 	assert_string_equal(etag, want);
 	assert_int_equal(mk.calls, 7);
-	assert_int_equal(s3_mpu_complete(c, "k", "up-1", parts, 2, etag), -EIO);
+	assert_int_equal(s3_mpu_complete(c, "k", "up-1", parts, 2, NULL, 0, etag), -EIO);
 	assert_int_equal(mk.calls, 11);
 	assert_non_null(strstr(s3_client_error(c), "gave up after 3 attempts"));
+}
+
+/*
+ * The same under SSE-KMS: the parts' ETags and the object's are no MD5s.  The
+ * object with our size and the upload's ident metadata is the one made.
+ */
+static void test_complete_lost_response_sse_kms(void **state)
+{
+	struct s3_client *c = *state;
+	struct s3_part parts[2] = { { 1, 5, "k1" }, { 2, 5, "k2" } };
+	const struct s3_meta meta[2] = { { "mgmt-record-id", "7", 1 },
+					 { "mgmt-started-at", "2", 0 } };
+	char etag[S3_ETAG_MAX];
+	const struct mresp r[] = {
+		{ CURLE_RECV_ERROR, 0, NULL, NULL, 0, 0 },
+		{ CURLE_OK, 404, NULL, ERRBODY("NoSuchUpload", "gone"), 0, 0 },
+		{ CURLE_OK, 200, "ETag: \"kms-2\"\nContent-Length: 10\n"
+				 "x-amz-server-side-encryption: aws:kms\n"
+				 "x-amz-meta-mgmt-record-id: 7\nx-amz-meta-mgmt-started-at: 1\n",
+		  NULL, 0, 0 },
+		/* another record's object there: the failure stands */
+		{ CURLE_RECV_ERROR, 0, NULL, NULL, 0, 0 },
+		{ CURLE_OK, 404, NULL, ERRBODY("NoSuchUpload", "gone"), 0, 0 },
+		{ CURLE_OK, 200, "ETag: \"kms-2\"\nContent-Length: 10\n"
+				 "x-amz-server-side-encryption: aws:kms\n"
+				 "x-amz-meta-mgmt-record-id: 6\n", NULL, 0, 0 },
+	};
+
+	script(r, 6);
+	assert_int_equal(s3_mpu_complete(c, "k", "up-1", parts, 2, meta, 2, etag), 0);
+	assert_string_equal(etag, "kms-2");
+	assert_int_equal(mk.calls, 3);
+	assert_int_not_equal(s3_mpu_complete(c, "k", "up-1", parts, 2, meta, 2, etag), 0);
+	assert_int_equal(mk.calls, 6);
+	assert_non_null(strstr(s3_client_error(c), "NoSuchUpload"));
 }
 
 static void test_etag_mismatch(void **state)
@@ -1389,6 +1424,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_if_none_match, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_if_none_match_412_first, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_sse_kms_etag_is_not_an_md5, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_complete_lost_response_sse_kms, setup, teardown),
 		cmocka_unit_test(test_sse_headers_on_new_objects),
 		cmocka_unit_test_setup_teardown(test_if_none_match_etag_mismatch, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_head_bucket_missing, setup, teardown),
