@@ -9,6 +9,12 @@ and s3put.py baselines).
         (then the file's sha256 is computed first, as a payload-signing client must)
         or --sha256 (signed with that hash, computed by the caller beforehand:
         the server's ceiling for a signed payload).
+  s3put.py parts FILE /BUCKET/KEY --hashes JSON [--signed] [--threads N]
+        a multipart upload of FILE in the parts JSON lists (written beforehand by
+        part_hashes(): each part's size, sha256 and MD5, so that no clock counts
+        the hashing), N parts in flight over keep-alive connections (default 4),
+        each part with Content-MD5 and its ETag checked; UNSIGNED-PAYLOAD unless
+        --signed: the server's ceiling for what mgmtfs must do.
   s3put.py dir DIR /BUCKET/PREFIX [--threads N]
         PUT every file of DIR (UNSIGNED-PAYLOAD) over N keep-alive connections
         (default 4).
@@ -20,10 +26,12 @@ and s3put.py baselines).
 env: S3_ENDPOINT (http://127.0.0.1:7480) AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
      AWS_REGION / AWS_DEFAULT_REGION (us-east-1)
 """
+import base64
 import datetime
 import hashlib
 import hmac
 import http.client
+import json
 import os
 import re
 import sys
@@ -130,7 +138,6 @@ def rm_prefix(s3, bucket, prefix):
         body = ("<Delete><Quiet>true</Quiet>" + "".join(
             f"<Object><Key>{k.replace('&', '&amp;').replace('<', '&lt;')}"
             "</Key></Object>" for k in keys[i:i + 1000]) + "</Delete>").encode()
-        import base64
         md5 = base64.b64encode(hashlib.md5(body).digest()).decode()
         st, code, _ = s3.req("POST", "/" + bucket, {"delete": ""}, body,
                              {"content-md5": md5,
@@ -175,6 +182,68 @@ def curl_put(path, key, signed, known=None):
     os.execvp("curl", args)
 
 
+def part_hashes(path, part_size, out):
+    """Each part's size, sha256 and MD5 (base64) into the JSON file @out."""
+    parts = []
+    with open(path, "rb") as f:
+        for b in iter(lambda: f.read(part_size), b""):
+            parts.append([len(b), hashlib.sha256(b).hexdigest(),
+                          base64.b64encode(hashlib.md5(b).digest()).decode()])
+    with open(out, "w") as f:
+        json.dump(parts, f)
+
+
+def parts_put(path, key, hashes, signed, threads):
+    s3 = client()
+    with open(hashes) as f:
+        parts = json.load(f)
+    st, code, data = s3.req("POST", key, {"uploads": ""})
+    if st != 200:
+        sys.exit(f"create {key}: {st} {code}")
+    uid = strip_ns(data).findtext("UploadId")
+    offs = [0]
+    for size, _, _ in parts:
+        offs.append(offs[-1] + size)
+    etags, todo, lock, errors = [None] * len(parts), iter(range(len(parts))), threading.Lock(), []
+
+    def worker():
+        c = http.client.HTTPConnection(s3.host, s3.port, timeout=120)
+        buf = memoryview(bytearray(max(p[0] for p in parts)))  # one buffer, reused
+        with open(path, "rb", buffering=0) as f:
+            while not errors:
+                with lock:
+                    i = next(todo, None)
+                if i is None:
+                    break
+                size, sha, md5 = parts[i]
+                body = buf[:os.preadv(f.fileno(), [buf[:size]], offs[i])]
+                h, uri, cq = s3.sign("PUT", key, {"partNumber": str(i + 1), "uploadId": uid},
+                                     {"content-md5": md5, "content-length": str(size)},
+                                     sha if signed else "UNSIGNED-PAYLOAD")
+                c.request("PUT", f"{uri}?{cq}", body=body, headers=h)
+                r = c.getresponse()
+                r.read()
+                etags[i] = r.getheader("ETag", "").strip('"')
+                if r.status != 200 or etags[i] != base64.b64decode(md5).hex():
+                    errors.append((i + 1, r.status, etags[i]))
+        c.close()
+
+    ts = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    if errors:
+        s3.req("DELETE", key, {"uploadId": uid})
+        sys.exit(f"part {errors[0][0]}: {errors[0][1]}, ETag {errors[0][2]!r}")
+    body = ("<CompleteMultipartUpload>" + "".join(
+        f"<Part><PartNumber>{i + 1}</PartNumber><ETag>\"{e}\"</ETag></Part>"
+        for i, e in enumerate(etags)) + "</CompleteMultipartUpload>").encode()
+    st, code, _ = s3.req("POST", key, {"uploadId": uid}, body)
+    if st != 200:
+        sys.exit(f"complete {key}: {st} {code}")
+
+
 def dir_put(d, prefix, threads):
     s3 = client()
     files = sorted(os.listdir(d))
@@ -208,6 +277,9 @@ def main(a):
     if len(a) >= 3 and a[0] == "curl":
         known = a[a.index("--sha256") + 1] if "--sha256" in a else None
         curl_put(a[1], a[2], "--signed" in a, known)
+    elif len(a) >= 5 and a[0] == "parts" and "--hashes" in a:
+        n = int(a[a.index("--threads") + 1]) if "--threads" in a else 4
+        parts_put(a[1], a[2], a[a.index("--hashes") + 1], "--signed" in a, n)
     elif len(a) >= 3 and a[0] == "dir":
         n = int(a[a.index("--threads") + 1]) if "--threads" in a else 4
         dir_put(a[1], a[2].rstrip("/"), n)
