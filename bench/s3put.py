@@ -274,14 +274,13 @@ def dir_put(d, prefix, threads):
 
 
 def main(a):
+    n = int(a[a.index("--threads") + 1]) if "--threads" in a else 4
     if len(a) >= 3 and a[0] == "curl":
         known = a[a.index("--sha256") + 1] if "--sha256" in a else None
         curl_put(a[1], a[2], "--signed" in a, known)
     elif len(a) >= 5 and a[0] == "parts" and "--hashes" in a:
-        n = int(a[a.index("--threads") + 1]) if "--threads" in a else 4
         parts_put(a[1], a[2], a[a.index("--hashes") + 1], "--signed" in a, n)
     elif len(a) >= 3 and a[0] == "dir":
-        n = int(a[a.index("--threads") + 1]) if "--threads" in a else 4
         dir_put(a[1], a[2].rstrip("/"), n)
     elif len(a) == 2 and a[0] == "mkbucket":
         st, code, _ = client().req("PUT", "/" + a[1])
